@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with CPU torch (unless a GPU is present) and tatk.
+# Sourced by tools/demo.sh and tools/test.sh, so a fresh clone needs nothing else.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=.venv/.tatk-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    python -m pip install -q --upgrade pip
+    if ! python -c "import torch" 2>/dev/null; then
+        # Install torch on its own first: on a machine without a GPU the CPU build keeps the
+        # environment small; tatk's own range (torch>=2.4) is then already satisfied and pip
+        # will not pull a multi-GB CUDA build. TORCH_SPEC overrides, e.g. on a GPU box.
+        if command -v nvidia-smi >/dev/null 2>&1; then
+            python -m pip install -q "${TORCH_SPEC:-torch}"
+        else
+            python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+        fi
+    fi
+    python -m pip install -q -e ".[dev]"
+    touch "$stamp"
+fi
