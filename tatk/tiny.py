@@ -72,3 +72,14 @@ def build_tiny_encoder(kind: str, out_dir: str | Path, seed: int = 0, hidden: in
     model.save_pretrained(out)
     extractor.save_pretrained(out)
     return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Save a tiny random encoder (for tests and CPU demos).")
+    parser.add_argument("kind", choices=ENCODER_KINDS)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_encoder(args.kind, args.out_dir, seed=args.seed))

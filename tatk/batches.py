@@ -1,0 +1,233 @@
+"""Batches from WebDataset shards: split by rank and worker, resampled, shuffled, mixed, length-grouped.
+
+Each rank runs its own DataLoader (never ``accelerator.prepare``d: that would dispatch from rank 0 or
+drop data). With R ranks and W workers there are G = R·W *streams*; stream g owns shards g, g+G, ...
+of every set (or, when a set has fewer than G shards, samples g, g+G, ... of every shard), so no two
+streams ever share a sample.
+
+A stream is an endless series of *rounds*. Round r of stream g draws ``round_shards`` of its shards at
+random (with replacement; sets weighted so their share of *samples* follows ``weight``), reads them
+interleaved through a shuffle buffer, sorts groups of ``group_size`` samples by length and cuts each
+group into batches of at most ``max_tokens`` LLM positions. Everything is seeded by (seed, rank,
+worker, round), so a batch is named by (worker, round, index) and a checkpoint only stores, per worker,
+where to go on: resuming re-reads at most one round per worker and replays the exact same batches.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from tatk.model import IGNORE, PromptLayout
+
+
+@dataclass
+class Sample:
+    key: str  # the utterance's key in its tar
+    feats: np.ndarray  # (T, D) float16, as stored
+    text: str  # reference transcript
+    target: list[int]  # transcript token ids
+    n_audio: int  # LLM positions the projected audio takes
+    n_tokens: int  # full row length: prompt + audio + transcript + end
+
+
+class Codec:
+    """Turns a stored sample into a ``Sample`` and lists of samples into model batches."""
+
+    def __init__(self, tokenizer, layout: PromptLayout, output_length: Callable[[int], int]):
+        self.tokenizer, self.layout, self.output_length = tokenizer, layout, output_length
+        self.overhead = len(layout.prefix) + len(layout.suffix) + 1
+
+    def decode(self, raw: dict) -> Sample:
+        feats, text = np.load(io.BytesIO(raw["feats.npy"])), raw["txt"].decode("utf-8")
+        target = self.tokenizer(text, add_special_tokens=False).input_ids
+        n_audio = self.output_length(feats.shape[0])
+        return Sample(raw["__key__"], feats, text, target, n_audio, self.overhead + n_audio + len(target))
+
+    def collate(self, samples: list[Sample]) -> dict:
+        """Right-padded batch: input_ids/labels/attention_mask (B, L), feats (B, T, D) float32, feat_lens (B,),
+        plus plain counts (n_samples, real_tokens, padded_tokens), reference texts and sample keys."""
+        rows = [self.layout.row(s.n_audio, s.target) for s in samples]
+        width, frames = max(len(ids) for ids, _ in rows), max(s.feats.shape[0] for s in samples)
+        b = len(samples)
+        ids = torch.full((b, width), self.layout.pad_id, dtype=torch.long)
+        labels = torch.full((b, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        feats = torch.zeros((b, frames, samples[0].feats.shape[1]), dtype=torch.float32)
+        for i, ((row, lab), s) in enumerate(zip(rows, samples)):
+            ids[i, : len(row)], labels[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(lab), 1
+            feats[i, : s.feats.shape[0]] = torch.from_numpy(s.feats.astype(np.float32))
+        real = sum(len(r) for r, _ in rows)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "feats": feats,
+                "feat_lens": torch.tensor([s.feats.shape[0] for s in samples]),
+                "n_samples": b, "real_tokens": real, "padded_tokens": b * width, "texts": [s.text for s in samples],
+                "keys": [s.key for s in samples]}
+
+
+def read_shard(path: str, keep: Callable[[int], bool] = lambda i: True) -> Iterator[dict]:
+    """Raw samples ({"feats.npy": bytes, "txt": bytes, ...}) of one tar, those whose index passes ``keep``."""
+    for i, raw in enumerate(tarfile_samples([{"url": path}])):
+        if keep(i):
+            yield raw
+
+
+def length_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
+    """Sort by length and cut greedily so rows × longest row ≤ max_tokens; similar lengths pad little."""
+    batches: list[list[Sample]] = []
+    for s in sorted(samples, key=lambda s: s.n_tokens):
+        if batches and (len(batches[-1]) + 1) * s.n_tokens <= max_tokens:
+            batches[-1].append(s)
+        else:
+            batches.append([s])
+    return batches
+
+
+def shard_sets(recipe) -> list[tuple[list[str], list[int], float]]:
+    """(tar paths, samples per tar, weight) for each [[data.train]] set, from the manifests."""
+    out = []
+    for s in recipe.data.train:
+        split = json.loads((Path(s.path) / "manifest.json").read_text())["splits"][s.split]
+        out.append(([str(Path(s.path) / t["name"]) for t in split["shards"]], [t["samples"] for t in split["shards"]], s.weight))
+    return out
+
+
+class TrainStream(IterableDataset):
+    """Endless, resumable training batches for one rank; yields collated batches tagged with "position"."""
+
+    def __init__(self, recipe, codec: Codec, rank: int, world: int, start: dict[int, list[int]], offset: int):
+        self.sets, self.codec, self.rank, self.world = shard_sets(recipe), codec, rank, world
+        self.data, self.seed = recipe.data, recipe.run.seed
+        self.n_workers = max(recipe.data.workers, 1)
+        self.start, self.offset = start, offset  # start: worker → [round, batch index]; offset: see DataPosition
+
+    def _plan(self, g: int, streams: int):
+        """This stream's shards per set, its sample filter per set, and the set sampling probabilities."""
+        owned, keeps, probs = [], [], []
+        for paths, counts, weight in self.sets:
+            if len(paths) >= streams:
+                idx, keep, share = list(range(g, len(paths), streams)), None, 1.0
+            else:
+                idx, keep, share = list(range(len(paths))), g, 1.0 / streams
+            owned.append([paths[i] for i in idx])
+            keeps.append(keep)
+            probs.append(weight / (np.mean([counts[i] for i in idx]) * share))  # per-sample share ∝ weight
+        return owned, keeps, np.array(probs) / sum(probs)
+
+    def _round(self, worker: int, r: int) -> Iterator[list[Sample]]:
+        d, streams = self.data, self.world * self.n_workers
+        owned, keeps, probs = self._plan(self.rank * self.n_workers + worker, streams)
+        rng = np.random.default_rng([self.seed, self.rank, worker, r])
+        sources = []
+        for s in rng.choice(len(owned), size=d.round_shards, p=probs):
+            keep = (lambda i: True) if keeps[s] is None else (lambda i, g=keeps[s]: i % streams == g)
+            sources.append(read_shard(owned[s][rng.integers(len(owned[s]))], keep))
+        buffer: list[Sample] = []
+        group: list[Sample] = []
+
+        def grouped(sample: Sample | None) -> Iterator[list[Sample]]:
+            if sample is not None:
+                group.append(sample)
+            if group and (sample is None or len(group) == d.group_size):
+                batches = length_batches(group, d.max_tokens)
+                group.clear()
+                for i in rng.permutation(len(batches)):
+                    yield batches[i]
+
+        while sources:  # interleave the round's tars, one sample at a time, through the shuffle buffer
+            i = int(rng.integers(len(sources)))
+            raw = next(sources[i], None)
+            if raw is None:
+                sources.pop(i)
+                continue
+            sample = self.codec.decode(raw)
+            if sample.n_audio < 1 or sample.n_tokens > d.max_tokens:
+                continue  # too short to project, or can never fit a batch
+            if len(buffer) < d.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], sample = sample, buffer[j]
+            yield from grouped(sample)
+        for j in rng.permutation(len(buffer)):
+            yield from grouped(buffer[j])
+        yield from grouped(None)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = ((info.id if info else 0) + self.offset) % self.n_workers
+        r, skip = self.start.get(worker, [0, 0])
+        while True:
+            for i, batch in enumerate(self._round(worker, r)):
+                if i >= skip:
+                    yield {**self.codec.collate(batch), "position": (worker, r, i)}
+            r, skip = r + 1, 0
+
+
+class DataPosition:
+    """Where each worker's stream goes on, for every rank; registered with Accelerate's save/load_state.
+
+    The DataLoader takes batches from its workers round-robin, so after ``consumed`` batches the next
+    one comes from worker ``consumed % W``; a resumed loader is rotated by that much to keep the order.
+    """
+
+    def __init__(self, rank: int, world: int, workers: int):
+        self.rank, self.world, self.workers = rank, world, max(workers, 1)
+        self.consumed, self.next = 0, {}
+        self.table: dict[int, dict] = {}
+
+    def advance(self, position: tuple[int, int, int]) -> None:
+        worker, r, i = position
+        self.next[worker] = [r, i + 1]
+        self.consumed += 1
+
+    def gather(self, accelerator) -> None:
+        """Collect every rank's position (collective: call on all ranks before save_state)."""
+        from accelerate.utils import gather_object
+
+        mine = {"rank": self.rank, "consumed": self.consumed, "next": self.next}
+        self.table = {e["rank"]: e for e in gather_object([mine])}
+
+    def state_dict(self) -> dict:
+        return {"world": self.world, "workers": self.workers, "ranks": self.table}
+
+    def load_state_dict(self, state: dict) -> None:
+        from tatk.errors import UserError
+
+        if (state["world"], state["workers"]) != (self.world, self.workers):
+            raise UserError(f"data.workers: the checkpoint was written with {state['world']} processes × "
+                            f"{state['workers']} workers; resume with the same numbers")
+        mine = state["ranks"][self.rank]
+        self.consumed, self.next = mine["consumed"], {int(k): v for k, v in mine["next"].items()}
+
+
+def train_loader(recipe, codec: Codec, position: DataPosition, pin_memory: bool) -> DataLoader:
+    """This rank's endless training DataLoader, starting where ``position`` says."""
+    stream = TrainStream(recipe, codec, position.rank, position.world, position.next, position.consumed % position.workers)
+    return DataLoader(stream, batch_size=None, num_workers=recipe.data.workers, pin_memory=pin_memory,
+                      persistent_workers=False)
+
+
+def val_batches(recipe, codec: Codec, rank: int, world: int) -> Iterator[dict]:
+    """The held-out set in a fixed order, sample i going to rank i % world; batches sorted by length."""
+    v = recipe.data.val
+    split = json.loads((Path(v.path) / "manifest.json").read_text())["splits"][v.split]
+    n, group = 0, []
+    for t in split["shards"]:
+        for raw in read_shard(str(Path(v.path) / t["name"])):
+            n += 1
+            if (n - 1) % world == rank:
+                s = codec.decode(raw)
+                if s.n_audio >= 1 and s.n_tokens <= recipe.data.max_tokens:
+                    group.append(s)
+            if len(group) == recipe.data.group_size:
+                yield from (codec.collate(b) for b in length_batches(group, recipe.data.max_tokens))
+                group = []
+    yield from (codec.collate(b) for b in length_batches(group, recipe.data.max_tokens))

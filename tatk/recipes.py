@@ -1,0 +1,268 @@
+"""Training recipes: a TOML file read into typed, documented config objects, checked before any heavy work.
+
+Every field below is a recipe key (``[section] field = value``); ``--set section.field=value`` overrides
+one, its value parsed as TOML (bare words are taken as strings). Relative paths are relative to the
+folder ``tatk`` runs from (the repository root in the shipped recipes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tatk.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  #: run folder is <out_dir>/<name>: checkpoints, metrics.jsonl, recipe.toml
+    out_dir: str = "runs"  #: parent of run folders
+    seed: int = 0  #: seeds weights init and the data order; same seed → same run
+
+
+@dataclass
+class FeaturesConfig:
+    encoder: str = ""  #: encoder id the shards were made with; must equal every manifest's encoder.id
+    dim: int = 0  #: feature size per frame; must equal every manifest's encoder.dim
+    normalize: str = "utterance"  #: none | utterance (mean/var per clip) | global (manifest stats)
+
+
+@dataclass
+class ModelConfig:
+    llm: str = "Qwen/Qwen3-0.6B"  #: causal LM: Hub id or local folder; frozen in stage 1
+    prompt: str = "Transcribe: "  #: user-turn text placed before the audio in the LLM's chat template
+
+
+@dataclass
+class ProjectorConfig:
+    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/projectors.py)
+    stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
+    hidden: int = 2048  #: projector hidden width
+
+
+@dataclass
+class ShardSet:
+    path: str = ""  #: folder written by `tatk shard` (manifest.json + tars)
+    split: str = "train"  #: split inside that folder (tar name prefix)
+    weight: float = 1.0  #: share of training samples drawn from this set, relative to the others
+
+
+@dataclass
+class HeldOut:
+    path: str = ""  #: folder written by `tatk shard` for validation
+    split: str = "train"  #: split inside that folder
+
+
+@dataclass
+class DataConfig:
+    train: list[ShardSet] = field(default_factory=list)  #: one [[data.train]] table per shard set
+    val: HeldOut | None = None  #: held-out shards for validation loss and WER; none → no validation
+    max_tokens: int = 4096  #: LLM positions per micro-batch (rows × longest row, padding included)
+    group_size: int = 64  #: samples sorted by length together before being cut into batches
+    shuffle_buffer: int = 512  #: samples in the streaming shuffle buffer
+    round_shards: int = 4  #: tars read interleaved per shuffle round (the unit of resumable data state)
+    workers: int = 2  #: DataLoader worker processes per rank (0: read in the training process)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  #: peak learning rate (projector matrices)
+    norm_lr: float = 1e-4  #: peak learning rate of norm gains and biases (no weight decay)
+    weight_decay: float = 0.01  #: AdamW decay of projector matrices
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  #: AdamW betas
+    warmup_steps: int = 500  #: linear warmup from 0, then cosine decay
+    min_lr_ratio: float = 0.1  #: cosine floor as a fraction of the peak
+    grad_clip: float = 1.0  #: max global grad norm (0: no clipping)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  #: optimizer steps; every rank takes exactly this many
+    grad_accum: int = 1  #: micro-batches per optimizer step
+    log_every: int = 10  #: steps between console/tracker lines
+    eval_every: int = 1000  #: steps between validations (0: only at the end)
+    save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 3  #: newest checkpoints kept on disk
+
+
+@dataclass
+class EvalConfig:
+    max_batches: int = 50  #: validation micro-batches per rank for the loss (0: the whole set)
+    wer_samples: int = 64  #: utterances per rank decoded greedily for WER
+    max_new_tokens: int = 128  #: decoding limit per utterance
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "auto"  #: auto (online with an API key, else offline) | offline | off
+    project: str = "tatk"  #: wandb project
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+def _convert(value, tp, key: str):
+    """Check ``value`` (parsed TOML) against type hint ``tp``; build dataclasses; raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, inner, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a table, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise UserError(f"{where}: unknown recipe key (known here: {', '.join(hints)})")
+        return tp(**{k: _convert(v, hints[k], f"{key}.{k}" if key else k) for k, v in value.items()})
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise UserError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    """Apply one ``section.key=value`` (list items by index: ``data.train.0.weight=2``) to the raw TOML dict."""
+    if "=" not in item:
+        raise UserError(f"--set {item}: expected section.key=value")
+    dotted, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word such as a model id or a path
+    *parents, last = dotted.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) and part.isdigit() else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _check_shards(key: str, path: str, split: str, features: FeaturesConfig) -> None:
+    from tatk.shards import read_manifest
+
+    if not Path(path).is_dir():
+        raise UserError(f"{key}.path: shard folder {path} does not exist (run `tatk shard --out {path} ...` first)")
+    try:
+        manifest = read_manifest(path)
+    except UserError as e:
+        raise UserError(f"{key}.path: {e}") from None
+    encoder = manifest["encoder"]
+    if encoder["id"] != features.encoder:
+        raise UserError(f"features.encoder: is {features.encoder!r} but {path} was made with {encoder['id']!r}")
+    if encoder["dim"] != features.dim:
+        raise UserError(f"features.dim: is {features.dim} but {path} holds {encoder['dim']}-dim features")
+    if split not in manifest["splits"]:
+        raise UserError(f"{key}.split: {path} has no split {split!r} (has {sorted(manifest['splits'])})")
+
+
+def _validate(r: Recipe) -> None:
+    from tatk.projectors import PROJECTORS
+
+    choices = {"features.normalize": (r.features.normalize, ("none", "utterance", "global")),
+               "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
+               "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    positive = {"features.dim": r.features.dim, "projector.stack": r.projector.stack,
+                "projector.hidden": r.projector.hidden, "data.max_tokens": r.data.max_tokens,
+                "data.group_size": r.data.group_size, "data.shuffle_buffer": r.data.shuffle_buffer,
+                "data.round_shards": r.data.round_shards, "train.steps": r.train.steps,
+                "train.grad_accum": r.train.grad_accum, "train.log_every": r.train.log_every,
+                "train.save_every": r.train.save_every, "train.keep_checkpoints": r.train.keep_checkpoints}
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key}: must be > 0, got {value}")
+    if r.projector.kind == "conv" and r.projector.stack != 4:
+        raise UserError("projector.stack: the conv projector downsamples by exactly 4 (two stride-2 convs)")
+    if not r.features.encoder:
+        raise UserError("features.encoder: required (the encoder id the shards were made with)")
+    if len(r.optim.betas) != 2:
+        raise UserError(f"optim.betas: expected two numbers, got {r.optim.betas}")
+    if not r.data.train:
+        raise UserError("data.train: add at least one [[data.train]] table with a shard folder path")
+    for i, s in enumerate(r.data.train):
+        if s.weight <= 0:
+            raise UserError(f"data.train[{i}].weight: must be > 0, got {s.weight}")
+        _check_shards(f"data.train[{i}]", s.path, s.split, r.features)
+    if r.data.val is not None:
+        _check_shards("data.val", r.data.val.path, r.data.val.split, r.features)
+
+
+def load_recipe(path: Path, overrides: list[str]) -> Recipe:
+    """Read a TOML recipe, apply ``--set`` overrides, type-check it and check it against its shard manifests."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    recipe = _convert(raw, Recipe, "")
+    _validate(recipe)
+    return recipe
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def render_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as TOML (defaults filled in); loading it back gives the same recipe."""
+    lines: list[str] = []
+    for section in dataclasses.fields(recipe):
+        obj = getattr(recipe, section.name)
+        scalars = {k: v for k, v in dataclasses.asdict(obj).items() if not isinstance(v, (dict, type(None)))
+                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        lines.append(f"[{section.name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+        lines.append("")
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"[{section.name}.{f.name}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(value).items()] + [""]
+            elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+                for item in value:
+                    lines.append(f"[[{section.name}.{f.name}]]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(item).items()] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,353 @@
+"""A tiny synthetic English speech corpus, spoken by espeak-ng, for tests and CPU demos.
+
+Sentences come from a seeded template grammar; audio from the libespeak-ng bundled in the
+``espeakng-loader`` wheel (no system package needed). ``write_corpus`` lays the result out
+either like the LoquaciousSet Hub repo (parquet, same columns and card) or as a plain folder
+with ``metadata.csv``, so the corpus readers can be exercised offline.
+
+espeak-ng keeps waveform state (pitch-flutter phase, glottal phase, ...) between calls that
+cannot be reset through its API, so one utterance's samples depend on what the process spoke
+before. ``write_corpus`` therefore renders fixed-size chunks of utterances, each in a fresh
+worker process: the same seed gives byte-identical files whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import itertools
+import multiprocessing
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+# Sentences
+
+_NAMES = """JOHN MARY THOMAS SARAH JAMES ELIZABETH ROBERT ANNA WILLIAM MARGARET HENRY LUCY GEORGE
+EMMA DAVID ALICE PETER CLARA SAMUEL HELEN ARTHUR GRACE EDWARD MARTHA CHARLES JANE FRANK ROSE
+WALTER EDITH""".split()
+_PEOPLE = """FARMER SAILOR TEACHER DOCTOR BAKER PAINTER DRIVER NURSE SOLDIER STUDENT WRITER SINGER
+HUNTER CAPTAIN MINER PILOT KING QUEEN GIRL BOY NEIGHBOR MERCHANT GARDENER CARPENTER TAILOR JUDGE
+CLERK WAITER MECHANIC SCIENTIST LAWYER BANKER POET DANCER PRINCE WIDOW STRANGER OFFICER ARTIST
+ENGINEER""".split()
+_PERSON_ADJ = """OLD YOUNG TALL SHORT QUIET BRAVE TIRED HAPPY ANGRY CLEVER KIND PROUD LAZY BUSY GENTLE
+CAREFUL HUNGRY LONELY CHEERFUL NERVOUS HONEST FAMOUS ELDERLY CURIOUS""".split()
+_THINGS = """BOAT HORSE APPLE LETTER BOOK CHAIR TABLE BASKET BOTTLE CANDLE HAT COAT WAGON LAMP KEY
+RING BELL BOX DISH BRUSH CUP PLATE FLOWER STONE SHIP CART BLANKET MAP PAINTING WINDOW DOOR FENCE
+CAKE PIE SHIRT GLOVE BOOT CLOCK WATCH COIN FEATHER RIBBON PENCIL DRUM VIOLIN KITE TOY SHELL LADDER
+BUCKET ROPE SACK FLAG HAMMER NAIL ENVELOPE JACKET PARCEL TICKET""".split()
+_THING_ADJ = """RED GREEN BLUE YELLOW WHITE BLACK BROWN HEAVY BRIGHT STRANGE WOODEN SILVER GOLDEN NEW
+COLD WARM EMPTY BROKEN ANCIENT SMALL LARGE DUSTY SHINY PRETTY ROUND FRESH""".split()
+_VERBS_T = """PAINTED CARRIED FOUND BOUGHT SOLD BUILT MENDED CLEANED OPENED CLOSED LOST WASHED COUNTED
+DROPPED BROKE FIXED HID WATCHED CHOSE LIFTED PUSHED PULLED BORROWED RETURNED DELIVERED GATHERED
+PACKED POLISHED SHARED TOOK BROUGHT KEPT MOVED ORDERED SENT DREW MADE WRAPPED CHECKED STOLE""".split()
+_VERBS_I = """WALKED RAN SLEPT LAUGHED WAITED SANG DANCED WORKED SMILED CRIED SAT ARRIVED RESTED
+SHOUTED WHISPERED TRAVELED STAYED STOOD HURRIED WANDERED SWAM CLIMBED LISTENED PRAYED""".split()
+_ADVERBS = """SLOWLY QUICKLY QUIETLY LOUDLY CAREFULLY HAPPILY SUDDENLY GENTLY PATIENTLY BRAVELY
+CALMLY EAGERLY NERVOUSLY PROUDLY SADLY SILENTLY FIRMLY WARMLY""".split()
+_PLACES = """KITCHEN MARKET RIVER HARBOR STATION CHURCH VILLAGE FOREST GARDEN LIBRARY SCHOOL
+HOSPITAL BAKERY FARM BARN CASTLE BRIDGE VALLEY HILL BEACH CITY SQUARE HALL COTTAGE PALACE MILL
+FIELD HOTEL MUSEUM THEATER OFFICE SHOP CELLAR ATTIC ISLAND LAKE""".split()
+_PREPS = "IN AT NEAR BEHIND BESIDE OUTSIDE ACROSS".split()
+_TIMES = ["YESTERDAY", "TODAY", "LAST NIGHT", "THIS MORNING", "EVERY EVENING", "AT NOON", "AT MIDNIGHT",
+          "LAST WEEK", "ON MONDAY", "ON FRIDAY", "ON SUNDAY", "IN JUNE", "IN OCTOBER", "AFTER DINNER"]
+_UNITS = "TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+_TEENS = "TEN ELEVEN TWELVE FIFTEEN TWENTY".split()
+_TENS = "TWENTY THIRTY FORTY FIFTY SIXTY".split()
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("S", "SH", "CH", "X")):
+        return noun + "ES"
+    if noun.endswith("Y") and noun[-2] not in "AEIOU":
+        return noun[:-1] + "IES"
+    return noun + "S"
+
+
+def _a(word: str) -> str:
+    return ("AN " if word[0] in "AEIOU" else "A ") + word
+
+
+def _subject(r: random.Random) -> str:
+    if r.random() < 0.35:
+        return r.choice(_NAMES)
+    noun = r.choice(_PEOPLE)
+    if r.random() < 0.6:
+        noun = f"{r.choice(_PERSON_ADJ)} {noun}"
+    return f"THE {noun}" if r.random() < 0.7 else _a(noun)
+
+
+def _number(r: random.Random) -> str:
+    kind = r.random()
+    if kind < 0.6:
+        return r.choice(_UNITS)
+    if kind < 0.8:
+        return r.choice(_TEENS)
+    return f"{r.choice(_TENS)} {r.choice(_UNITS)}"
+
+
+def _object(r: random.Random) -> str:
+    noun = r.choice(_THINGS)
+    adj = f"{r.choice(_THING_ADJ)} " if r.random() < 0.5 else ""
+    kind = r.random()
+    if kind < 0.35:
+        return f"{_number(r)} {adj}{_plural(noun)}"
+    if kind < 0.6:
+        return f"THE {adj}{noun}"
+    if kind < 0.8:
+        return _a(adj + noun)
+    det = r.choice(["HIS", "HER", "THEIR", "SOME"])
+    return f"{det} {adj}{_plural(noun) if det == 'SOME' or r.random() < 0.5 else noun}"
+
+
+def _place(r: random.Random) -> str:
+    return f"{r.choice(_PREPS)} THE {r.choice(_PLACES)}"
+
+
+def _time(r: random.Random) -> str:
+    return r.choice(_TIMES)
+
+
+def _maybe(r: random.Random, p: float, make) -> list[str]:
+    return [make(r)] if r.random() < p else []
+
+
+def random_sentence(r: random.Random) -> str:
+    """One sentence of 4–14 words, upper-case and without punctuation (LoquaciousSet style)."""
+    while True:
+        kind = r.randrange(6)
+        if kind == 0:
+            parts = [_subject(r), r.choice(_VERBS_T), _object(r), *_maybe(r, 0.5, _place), *_maybe(r, 0.3, _time)]
+        elif kind == 1:
+            parts = [_subject(r), r.choice(_VERBS_I), r.choice(_ADVERBS), *_maybe(r, 0.6, _place),
+                     *_maybe(r, 0.3, _time)]
+        elif kind == 2:
+            parts = [_time(r), _subject(r), r.choice(_VERBS_I), _place(r)]
+        elif kind == 3:
+            parts = [_subject(r), "SAID THAT", _subject(r), r.choice(_VERBS_T), _object(r)]
+        elif kind == 4:
+            parts = ["THERE WERE", _number(r), _plural(r.choice(_THINGS)), _place(r)]
+        else:
+            parts = [_subject(r), r.choice(_VERBS_T), _object(r), "AND", r.choice(_VERBS_I), r.choice(_ADVERBS)]
+        sentence = " ".join(parts)
+        if 4 <= len(sentence.split()) <= 14:
+            return sentence
+
+
+def make_splits(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> dict[str, list[str]]:
+    """Distinct sentences for each split; no sentence occurs twice, so dev/test never leak into train."""
+    r = random.Random(seed)
+    total = n_train + n_dev + n_test
+    seen: dict[str, None] = {}  # insertion-ordered set keeps the result deterministic
+    for _ in range(50 * total + 1000):
+        if len(seen) == total:
+            break
+        seen.setdefault(random_sentence(r), None)
+    else:
+        raise ValueError(f"the grammar could not produce {total} distinct sentences")
+    sentences = list(seen)
+    # Held-out splits come first so their sentences do not shift when n_train changes.
+    dev, test, train = sentences[:n_dev], sentences[n_dev:n_dev + n_test], sentences[n_dev + n_test:]
+    return {"train": train, "dev": dev, "test": test}
+
+
+# espeak-ng through ctypes
+
+SAMPLE_RATE = 22050  # libespeak-ng's native rate
+# Accents in the bundled data (lang/gmw/*) and the voice variants (voices/!v/*) with their sex.
+VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc", "en-029"]
+VARIANTS = {**{f"m{i}": "male" for i in range(1, 8)}, **{f"f{i}": "female" for i in range(1, 6)}}
+
+_AUDIO_OUTPUT_SYNCHRONOUS, _INITIALIZE_DONT_EXIT, _CHARS_UTF8, _POS_CHARACTER = 2, 0x8000, 1, 1
+_RATE, _PITCH = 1, 3  # espeak_PARAMETER values
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_lib: ctypes.CDLL | None = None
+_chunks: list[bytes] = []
+
+
+@_CALLBACK
+def _collect(wav, n, _events):  # called by espeak_Synth with each block of int16 samples
+    if wav and n > 0:
+        _chunks.append(ctypes.string_at(wav, 2 * n))
+    return 0  # 0 = keep going
+
+
+def _espeak() -> ctypes.CDLL:
+    """Load and initialise libespeak-ng once per process."""
+    global _lib
+    if _lib is None:
+        import espeakng_loader
+
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        data = espeakng_loader.get_data_path().encode()
+        if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_DONT_EXIT) != SAMPLE_RATE:
+            raise RuntimeError("libespeak-ng failed to initialise")
+        lib.espeak_SetSynthCallback(_collect)
+        _lib = lib
+    return _lib
+
+
+def synthesize(text: str, voice: str = "en-us", rate: int = 170, pitch: int = 50) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with an espeak-ng ``voice`` (e.g. ``"en-gb-scotland+f2"``) at ``rate`` words
+    per minute and ``pitch`` (0–99). Returns float32 mono samples in [-1, 1] and the sample rate.
+
+    The samples depend slightly on what this process spoke before (see the module docstring).
+    """
+    lib = _espeak()
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise ValueError(f"unknown espeak-ng voice {voice!r}")
+    lib.espeak_SetParameter(_RATE, rate, 0)
+    lib.espeak_SetParameter(_PITCH, pitch, 0)
+    lib.espeak_ng_SetRandSeed(0)  # so espeak's rand() sequence does not depend on earlier calls
+    _chunks.clear()
+    data = text.encode() + b"\0"
+    if lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != 0:
+        raise RuntimeError(f"espeak-ng failed to speak {text!r}")
+    samples = np.frombuffer(b"".join(_chunks), dtype=np.int16)
+    return samples.astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+# Corpus
+
+# Container, sample rate and channels per utterance, cycled by index: mostly 16 kHz mono FLAC as
+# in LoquaciousSet, plus a deterministic minority a reader must resample or downmix.
+_FLAC16 = ("flac", 16000, 1)
+_FORMATS = [_FLAC16, _FLAC16, ("wav", 22050, 1), _FLAC16, _FLAC16, ("wav", 16000, 2),
+            _FLAC16, ("flac", 8000, 1), _FLAC16, _FLAC16, ("wav", 44100, 1), _FLAC16]
+_CHUNK = 64  # utterances per fresh worker process (see the module docstring)
+
+
+def _plan(seed: int, split: str, index: int, text: str) -> dict:
+    """Voice, prosody and file format for one utterance, a pure function of (seed, split, index)."""
+    r = random.Random(f"{seed}:{split}:{index}")  # str seeds hash with SHA-512: stable across runs
+    variant = r.choice(sorted(VARIANTS))
+    voice = f"{r.choice(VOICES)}+{variant}"
+    pitch = r.randrange(30, 71, 5)  # coarse steps so that a speaker (voice + pitch) recurs
+    container, sample_rate, channels = _FORMATS[index % len(_FORMATS)]
+    return dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
+                pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=VARIANTS[variant],
+                container=container, sample_rate=sample_rate, channels=channels)
+
+
+def _render(plans: list[dict]) -> list[tuple[bytes, float]]:
+    """Synthesize and encode ``plans`` (runs in a worker); returns (file bytes, seconds) for each."""
+    out = []
+    for p in plans:
+        x, sr = synthesize(p["text"], p["voice"], p["rate"], p["pitch"])
+        if p["sample_rate"] != sr:
+            x = soxr.resample(x, sr, p["sample_rate"])
+        x = np.clip(x, -1.0, 1.0)
+        if p["channels"] == 2:
+            x = np.stack([x, 0.8 * x], axis=1)  # unequal channels, so a wrong downmix is visible
+        buf = io.BytesIO()
+        sf.write(buf, x, p["sample_rate"], format=p["container"].upper(), subtype="PCM_16")
+        out.append((buf.getvalue(), len(x) / p["sample_rate"]))
+    return out
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Call ``write(tmp)`` then rename over ``path``, so a reader never sees a half-written file.
+    The temporary name starts with a dot: data-file patterns such as ``small/train*`` skip it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_parquet_split(out: Path, folder: str, split: str, rows: Iterator[dict], n: int,
+                         rows_per_shard: int) -> float:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Audio, Features, Value  # heavy import, kept out of the workers
+
+    # LoquaciousSet's schema. Features.arrow_schema carries the "huggingface" metadata that makes
+    # `wav` an Audio column on load; writing with pyarrow avoids Audio.encode_example (torchcodec).
+    schema = Features({"ID": Value("string"), "duration": Value("float32"),
+                       "wav": Audio(sampling_rate=16000, decode=False), "spk_id": Value("string"),
+                       "sex": Value("string"), "text": Value("string")}).arrow_schema
+    n_shards = -(-n // rows_per_shard)
+    names = [f"{split}-{k:05d}-of-{n_shards:05d}.parquet" for k in range(n_shards)]
+    for stale in (out / folder).glob(f"{split}-*-of-*.parquet"):  # left by an earlier, larger run
+        if stale.name not in names:
+            stale.unlink()
+    seconds = 0.0
+    for name in names:
+        shard = list(itertools.islice(rows, rows_per_shard))
+        columns = {c: [r[c] for r in shard] for c in ("ID", "duration", "spk_id", "sex", "text")}
+        columns["wav"] = [{"bytes": r["audio"], "path": f"{r['ID']}.{r['container']}"} for r in shard]
+        table = pa.Table.from_pydict(columns, schema=schema)
+        # 100-row groups, as `datasets` writes audio, so streaming readers fetch modest chunks.
+        _write_atomically(out / folder / name, lambda tmp: pq.write_table(table, tmp, row_group_size=100))
+        seconds += sum(columns["duration"])
+    return seconds
+
+
+def _write_folder_split(out: Path, split: str, rows: Iterator[dict]) -> float:
+    lines, seconds = ["file,text"], 0.0
+    for r in rows:
+        name = f"{r['ID']}.{r['container']}"
+        _write_atomically(out / split / name, lambda tmp: tmp.write_bytes(r["audio"]))
+        lines.append(f"{name},{r['text']}")  # the grammar has no commas or quotes to escape
+        seconds += r["duration"]
+    _write_atomically(out / split / "metadata.csv", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    return seconds
+
+
+def _card(subset: str, folders: dict[str, str]) -> str:
+    """A dataset card whose YAML ``configs`` copy LoquaciousSet's, so ``load_dataset(out, subset)`` resolves
+    and yields the same features. (Its ``sample_rate`` key, verbatim from the real card, is not an
+    ``Audio`` field: `datasets` drops it, so `wav` loads as ``Audio(decode=False)``, as it does there.)"""
+    import yaml
+
+    features = [("ID", "string"), ("duration", "float32"),
+                ("wav", {"audio": {"sample_rate": 16000, "decode": False}}),
+                ("spk_id", "string"), ("sex", "string"), ("text", "string")]
+    config = {"config_name": subset, "features": [{"name": n, "dtype": t} for n, t in features],
+              "data_files": [{"split": s, "path": f"{f}/{s}*"} for s, f in folders.items()]}
+    meta = {"language": ["en"], "task_categories": ["automatic-speech-recognition"],
+            "pretty_name": "tatk synthetic LoquaciousSet", "configs": [config]}
+    return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# Synthetic LoquaciousSet-shaped corpus\n\n"
+            "Template-grammar English sentences spoken by espeak-ng (written by `tatk.synth`).\n")
+
+
+def write_corpus(out_dir: str | Path, splits: dict[str, list[str]], layout: str = "parquet", seed: int = 0,
+                 subset: str = "small", rows_per_shard: int = 1000, workers: int | None = None) -> dict[str, float]:
+    """Speak every sentence of ``splits`` and write the corpus to ``out_dir``; returns seconds of audio per split.
+
+    ``layout="parquet"``: a LoquaciousSet-like Hub repo (``README.md``, ``<subset>/train-*.parquet``,
+    ``dev/dev-*.parquet``, ``test/test-*.parquet``). ``layout="folder"``: ``<split>/metadata.csv``
+    (``file,text``) next to the audio files. The same arguments give byte-identical files.
+    Workers are spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
+    """
+    if layout not in ("parquet", "folder"):
+        raise ValueError(f"layout must be 'parquet' or 'folder', not {layout!r}")
+    out = Path(out_dir)
+    plans = {s: [_plan(seed, s, i, t) for i, t in enumerate(texts)] for s, texts in splits.items() if texts}
+    chunks = {split: [p[i:i + _CHUNK] for i in range(0, len(p), _CHUNK)] for split, p in plans.items()}
+    seconds: dict[str, float] = {}
+    folders = {split: subset if split == "train" else split for split in plans}
+    # spawn, not fork: every chunk must start from a pristine libespeak-ng (and forking a process
+    # that holds Arrow thread pools is unsafe anyway). maxtasksperchild=1: one process per chunk.
+    n_workers = min(workers or os.cpu_count() or 1, max(1, sum(map(len, chunks.values()))))
+    with multiprocessing.get_context("spawn").Pool(n_workers, maxtasksperchild=1) as pool:
+        for split in plans:
+            rendered = (item for chunk in pool.imap(_render, chunks[split]) for item in chunk)
+            rows = (p | {"audio": audio, "duration": dur} for p, (audio, dur) in zip(plans[split], rendered))
+            if layout == "parquet":
+                n = len(plans[split])
+                seconds[split] = _write_parquet_split(out, folders[split], split, rows, n, rows_per_shard)
+            else:
+                seconds[split] = _write_folder_split(out, split, rows)
+    if layout == "parquet":
+        _write_atomically(out / "README.md", lambda tmp: tmp.write_text(_card(subset, folders)))
+    return seconds

@@ -1,0 +1,226 @@
+"""The training loop, read top to bottom: setup → (resume) → train steps → validate / checkpoint → finish.
+
+Runs under ``accelerate launch`` (one process per GPU, or ``ACCELERATE_USE_CPU=true`` CPU processes) and
+as a plain ``tatk train`` (one process). Only the model and optimizer go through ``accelerator.prepare``:
+each rank builds its own data stream (tatk/batches.py) so ranks see disjoint samples and take exactly
+``train.steps`` steps; the LR scheduler is stepped once per optimizer step and saved via
+``register_for_checkpointing`` (a prepared scheduler would step once per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from rich.console import Console
+
+from tatk.batches import Codec, DataPosition, shard_sets, train_loader, val_batches
+from tatk.errors import UserError
+from tatk.model import IGNORE, build_model
+from tatk.recipes import Recipe, render_recipe
+
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU; an unknown GPU just gets no MFU column.
+PEAK_BF16 = {"A40": 149.7e12, "A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "L4": 121e12,
+             "A10": 125e12, "4090": 165e12, "3090": 71e12}
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a ``.tmp`` folder is one a killed run did not finish)."""
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def param_groups(model, lr: float, norm_lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices decay; norm gains and biases do not (decaying them just shrinks the scale)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"name": "matrices", "params": [p for n, p in trainable if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay},
+        {"name": "norms_biases", "params": [p for n, p in trainable if p.ndim < 2], "lr": norm_lr, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(warmup: int, total: int, floor: float):
+    """LR multiplier for optimizer step s (0-based): linear warmup, then cosine down to ``floor``."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = min((s - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def wandb_mode(setting: str) -> str | None:
+    """'off' → no tracker; 'auto' → online only when a key is configured (never blocks asking for one)."""
+    if setting != "auto":
+        return None if setting == "off" else setting
+    netrc = Path.home() / ".netrc"
+    logged_in = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+    return "online" if logged_in else "offline"
+
+
+@torch.no_grad()
+def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator) -> dict:
+    """Validation loss over the held-out shards and WER of greedy transcripts, summed over ranks."""
+    import jiwer
+
+    model.eval()
+    loss_sum, tokens, pairs = torch.zeros(2, device=accelerator.device), 0, []
+    for i, batch in enumerate(val_batches(recipe, codec, accelerator.process_index, accelerator.num_processes)):
+        if recipe.eval.max_batches and i >= recipe.eval.max_batches:
+            break
+        texts = batch["texts"]
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if torch.is_tensor(v)}
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        with accelerator.autocast():
+            loss_sum += torch.stack([model(batch).float() * n, torch.tensor(float(n), device=accelerator.device)])
+            need = recipe.eval.wer_samples - len(pairs)
+            if need > 0:
+                hyps = model.generate(batch["feats"][:need], batch["feat_lens"][:need], recipe.eval.max_new_tokens)
+                pairs += list(zip(texts[:need], hyps))
+    model.train()
+    loss_sum = accelerator.reduce(loss_sum, "sum")
+    pairs = gather_object(pairs)
+    return {"val_loss": (loss_sum[0] / loss_sum[1]).item(),
+            "wer": jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")}
+
+
+def save_checkpoint(accelerator: Accelerator, position: DataPosition, root: Path, step: int, keep: int) -> None:
+    """Accelerate's full state (trainable weights, optimizer, scheduler, RNG, data position) written atomically.
+
+    Everything goes to ``step-N.tmp`` and is renamed when complete: a run killed mid-save leaves the
+    previous checkpoint as the newest one, and resuming ignores the ``.tmp`` folder.
+    """
+    position.gather(accelerator)
+    tmp, final = root / f"step-{step:06d}.tmp", root / f"step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def train(recipe: Recipe, resume: bool) -> None:
+    """Train the projector of ``recipe`` for ``train.steps`` steps; ``resume`` continues from the newest checkpoint."""
+    # ---- setup: where things go, and fail on a bad run folder before loading anything heavy
+    run_dir, ckpt_root = recipe.run_dir, recipe.run_dir / "checkpoints"
+    found = checkpoints(ckpt_root)
+    if resume and not found:
+        raise UserError(f"--resume: no checkpoint in {ckpt_root}")
+    if not resume and found:
+        raise UserError(f"run.name: {run_dir} already has checkpoints; pass --resume or pick another run.name")
+    cuda = torch.cuda.is_available()
+    tracker = wandb_mode(recipe.log.wandb)
+    # bf16 autocast on GPU (tensor cores); exact fp32 on CPU, where bf16 is slow and breaks exact-loss tests
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", log_with="wandb" if tracker else None,
+                              project_dir=str(run_dir))
+    console = Console(quiet=not accelerator.is_main_process, highlight=False)
+    set_seed(recipe.run.seed)
+    if accelerator.is_main_process:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / "recipe.toml.tmp"
+        tmp.write_text(render_recipe(recipe))
+        os.replace(tmp, run_dir / "recipe.toml")
+
+    # ---- model: frozen LLM (bf16 weights on GPU: never updated, half the memory), fp32 projector
+    stats = json.loads((Path(recipe.data.train[0].path) / "manifest.json").read_text())["splits"][recipe.data.train[0].split].get("stats")
+    model = build_model(recipe, stats, torch.bfloat16 if cuda else torch.float32).to(accelerator.device)
+    codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
+    n_llm = sum(p.numel() for p in model.llm.parameters())
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.norm_lr, o.weight_decay), betas=tuple(o.betas), fused=cuda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(o.warmup_steps, recipe.train.steps, o.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    position = DataPosition(accelerator.process_index, accelerator.num_processes, recipe.data.workers)
+    accelerator.register_for_checkpointing(scheduler, position)
+
+    def keep_trainable(models, weights, output_dir):  # checkpoints hold the projector, not the 0.6-3B LLM
+        for m, w in zip(models, weights):
+            keep = accelerator.unwrap_model(m).trainable_state_dict().keys()
+            for k in [k for k in w if k.removeprefix("module.") not in keep]:
+                del w[k]
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+    start = 0
+    if resume:
+        accelerator.load_state(str(found[-1]), strict=False)  # strict=False: the frozen LLM is not in it
+        start = int(found[-1].name.split("-")[1])
+        console.print(f"resumed from {found[-1]} (step {start})")
+    if tracker:
+        accelerator.init_trackers(recipe.log.project, config=asdict(recipe),
+                                  init_kwargs={"wandb": {"mode": tracker, "name": recipe.run.name, "dir": str(run_dir)}})
+    batches = iter(train_loader(recipe, codec, position, pin_memory=cuda))
+    t = recipe.train
+    peak = next((v for k, v in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name()), None)
+    console.print(f"[bold]{recipe.run.name}[/]: {sum(p.numel() for g in optimizer.param_groups for p in g['params']):,} "
+                  f"trainable parameters, LLM {n_llm:,} frozen, {accelerator.num_processes} process(es), "
+                  f"steps {start + 1}..{t.steps}")
+
+    # ---- train: each step is grad_accum micro-batches, then one clipped AdamW step
+    model.train()
+    window = torch.zeros(4, dtype=torch.float64)  # samples, real tokens, padded tokens, LLM positions
+    clock = time.perf_counter()
+    for step in range(start + 1, t.steps + 1):
+        losses, positions = [], []
+        for micro in range(t.grad_accum):
+            batch = next(batches)
+            positions.append(batch["position"])
+            window += torch.tensor([batch["n_samples"], batch["real_tokens"], batch["padded_tokens"], 0.0], dtype=torch.float64)
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            # gradients are all-reduced only on the last micro-batch: the others just accumulate locally
+            with accelerator.no_sync(model) if micro < t.grad_accum - 1 else nullcontext():
+                loss = model(batch)
+                accelerator.backward(loss / t.grad_accum)
+            losses.append(loss.detach().float())
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
+        loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+        if not (torch.isfinite(loss) and torch.isfinite(torch.as_tensor(grad_norm))):
+            last = checkpoints(ckpt_root)
+            raise UserError(f"loss is {loss.item()} (grad norm {float(grad_norm)}) at step {step}; stopped before "
+                            f"the update. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower optim.lr")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for p in positions:
+            position.advance(p)
+
+        if step % t.log_every == 0 or step == t.steps:
+            totals = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
+            elapsed, clock = time.perf_counter() - clock, time.perf_counter()
+            stats = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                     "samples_per_s": totals[0].item() / elapsed, "tokens_per_s": totals[1].item() / elapsed,
+                     "real_token_fraction": (totals[1] / totals[2]).item()}
+            if peak:  # frozen LLM: forward 2N + backward to the inputs 2N FLOPs per position (no weight grads)
+                stats["mfu"] = 4 * n_llm * totals[2].item() / elapsed / (peak * accelerator.num_processes)
+            window.zero_()
+            log(accelerator, console, run_dir, step, stats)
+        if recipe.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
+            log(accelerator, console, run_dir, step, evaluate(accelerator.unwrap_model(model), recipe, codec, accelerator))
+        if step % t.save_every == 0 or step == t.steps:
+            save_checkpoint(accelerator, position, ckpt_root, step, t.keep_checkpoints)
+
+    # ---- finish
+    accelerator.end_training()
+    console.print(f"done: {checkpoints(ckpt_root)[-1] if checkpoints(ckpt_root) else run_dir}")
+
+
+def log(accelerator: Accelerator, console: Console, run_dir: Path, step: int, stats: dict) -> None:
+    """One console line, one metrics.jsonl record (full precision, for scripts and tests), one tracker point."""
+    accelerator.log(stats, step=step)
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **stats}) + "\n")
+        console.print(f"step {step:>6}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))

@@ -1,0 +1,112 @@
+"""tatk.synth: sentence splits, espeak-ng synthesis and the two corpus layouts."""
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tatk.synth import SAMPLE_RATE, make_splits, synthesize, write_corpus
+
+LOQUACIOUS_COLUMNS = ["ID", "duration", "wav", "spk_id", "sex", "text"]
+SPLITS = make_splits(12, 4, 4, seed=7)  # 12 train rows: one of each audio format in the cycle
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _check_audio(data: bytes, text: str) -> tuple[int, int, float]:
+    """Decode ``data`` and check it sounds like ``text`` was spoken; returns (rate, channels, seconds)."""
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    seconds = len(x) / sr
+    assert np.sqrt(np.mean(x**2)) > 0.01, "silent audio"
+    assert 0.15 < seconds / len(text.split()) < 0.8, (seconds, text)
+    return sr, x.shape[1], seconds
+
+
+@pytest.fixture(scope="module")
+def parquet_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("parquet")
+    write_corpus(out, SPLITS, layout="parquet", seed=7, rows_per_shard=8)
+    return out
+
+
+def test_splits_are_deterministic_disjoint_and_normalised():
+    splits = make_splits(400, 60, 60, seed=3)
+    assert splits == make_splits(400, 60, 60, seed=3)
+    assert splits != make_splits(400, 60, 60, seed=4)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 400, "dev": 60, "test": 60}
+    train, dev, test = (set(splits[k]) for k in ("train", "dev", "test"))
+    assert len(train) == 400 and not train & dev and not train & test and not dev & test
+    for sentence in train | dev | test:
+        assert re.fullmatch(r"[A-Z]+( [A-Z]+)*", sentence)
+        assert 4 <= len(sentence.split()) <= 14
+
+
+def test_synthesize_speaks_and_rejects_unknown_voices():
+    x, sr = synthesize("THE OLD SAILOR PAINTED SEVEN RED BOATS", "en-gb-scotland+f2", rate=150, pitch=60)
+    assert sr == SAMPLE_RATE and x.dtype == np.float32 and x.ndim == 1
+    assert 1.0 < len(x) / sr < 5.0 and np.abs(x).max() <= 1.0
+    with pytest.raises(ValueError):
+        synthesize("HELLO", "no-such-voice")
+
+
+def test_parquet_layout_mirrors_loquaciousset(parquet_corpus: Path):
+    assert sorted(str(p.relative_to(parquet_corpus)) for p in parquet_corpus.rglob("*") if p.is_file()) == [
+        "README.md", "dev/dev-00000-of-00001.parquet", "small/train-00000-of-00002.parquet",
+        "small/train-00001-of-00002.parquet", "test/test-00000-of-00001.parquet",
+    ]
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_parquet_loads_with_datasets(parquet_corpus: Path, split: str):
+    from datasets import Audio, load_dataset
+
+    ds = load_dataset(str(parquet_corpus), "small", split=split, streaming=True)
+    assert list(ds.features) == LOQUACIOUS_COLUMNS
+    assert isinstance(ds.features["wav"], Audio)
+    ds = ds.cast_column("wav", Audio(decode=False))  # datasets' own decoding needs torchcodec
+    rows = list(ds)
+    assert [r["text"] for r in rows] == SPLITS[split]
+    formats = set()
+    for r in rows:
+        assert r["sex"] in ("male", "female") and r["spk_id"] and r["ID"].startswith(f"synth-{split}-")
+        sr, channels, seconds = _check_audio(r["wav"]["bytes"], r["text"])
+        assert abs(seconds - r["duration"]) < 1e-3
+        formats.add((Path(r["wav"]["path"]).suffix, sr, channels))
+    if split == "train":  # the consumer must cope with WAV/FLAC, 8–44.1 kHz, mono and stereo
+        assert {f[0] for f in formats} == {".wav", ".flac"}
+        assert {f[1] for f in formats} == {8000, 16000, 22050, 44100}
+        assert {f[2] for f in formats} == {1, 2}
+
+
+def test_same_seed_gives_identical_bytes(parquet_corpus: Path, tmp_path: Path):
+    # One worker instead of two: the output must not depend on how chunks are scheduled.
+    write_corpus(tmp_path, SPLITS, layout="parquet", seed=7, rows_per_shard=8, workers=1)
+    assert _files(tmp_path) == _files(parquet_corpus)
+    other = tmp_path / "other"
+    write_corpus(other, {"test": SPLITS["test"]}, layout="parquet", seed=8)
+    assert _files(other)["test/test-00000-of-00001.parquet"] != _files(tmp_path)["test/test-00000-of-00001.parquet"]
+
+
+def test_folder_layout(tmp_path: Path):
+    splits = {"train": SPLITS["train"][:6], "test": SPLITS["test"][:2]}
+    write_corpus(tmp_path / "a", splits, layout="folder", seed=1)
+    write_corpus(tmp_path / "b", splits, layout="folder", seed=1)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    for split, texts in splits.items():
+        folder = tmp_path / "a" / split
+        with open(folder / "metadata.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames == ["file", "text"]
+            rows = list(reader)
+        assert [r["text"] for r in rows] == texts
+        for r in rows:
+            assert (folder / r["file"]).is_file()
+            _check_audio((folder / r["file"]).read_bytes(), r["text"])
+    assert {Path(r).suffix for r in _files(tmp_path / "a") if "train/" in r} == {".csv", ".wav", ".flac"}
+    assert not list((tmp_path / "a").rglob(".*.tmp"))

@@ -1,0 +1,95 @@
+"""Projectors, prompt layout, splice, label-position logits and greedy decoding on a tiny LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from train_fixtures import prepare_tiny, tiny_recipe
+
+from tatk.batches import Codec, DataPosition, train_loader
+from tatk.errors import UserError
+from tatk.model import AUDIO_TOKEN, FeatureNorm, build_model, render_prompt
+from tatk.projectors import PROJECTORS, build_projector
+from tatk.recipes import load_recipe
+
+
+@pytest.mark.parametrize("kind", sorted(PROJECTORS))
+def test_projector_output_length(kind):
+    torch.manual_seed(0)
+    proj = build_projector(kind, 8, 12, 16, 4)
+    for t in (4, 5, 7, 8, 9, 33):
+        y = proj(torch.randn(2, t, 8))
+        assert y.shape == (2, proj.output_length(t), 12)
+    if kind != "conv":
+        assert [proj.output_length(t) for t in (4, 7, 8, 9)] == [(t - 4) // 4 + 1 for t in (4, 7, 8, 9)]
+
+
+def test_utterance_norm_ignores_padding():
+    norm = FeatureNorm("utterance", 3)
+    x = torch.randn(1, 5, 3) * 7 + 2
+    padded = torch.cat([x, torch.full((1, 4, 3), 99.0)], 1)
+    a, b = norm(x, torch.tensor([5])), norm(padded, torch.tensor([5]))
+    assert torch.allclose(a, b[:, :5], atol=1e-5) and (b[:, 5:] == 0).all()
+    assert torch.allclose(a.mean(1), torch.zeros(1, 3), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("m")
+    base = prepare_tiny(tmp)
+    (tmp / "r.toml").write_text(tiny_recipe(base, tmp / "run"))
+    recipe = load_recipe(tmp / "r.toml", [])
+    model = build_model(recipe, None, torch.float32)
+    codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
+    batch = next(iter(train_loader(recipe, codec, DataPosition(0, 1, 0), False)))
+    return model, {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
+def test_layout_uses_chat_template_without_thinking(tiny):
+    model, _ = tiny
+    tok, lay = model.tokenizer, model.layout
+    assert tok.decode(lay.prefix) == "<|im_start|>user\nTranscribe: "
+    assert tok.decode(lay.suffix) == "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert tok.convert_ids_to_tokens(lay.end_id) == "<|im_end|>"
+    assert lay.audio_id == tok.convert_tokens_to_ids(AUDIO_TOKEN)
+
+
+def test_date_lines_are_removed_or_refused(tiny):
+    tok = tiny[0].tokenizer
+    original = tok.chat_template
+    try:
+        tok.chat_template = "<|im_start|>system\nToday Date: {{ strftime_now('%d %B %Y') }}\n<|im_end|>\n" + original
+        assert "Today" not in render_prompt(tok, "hi") and render_prompt(tok, "hi").startswith("<|im_start|>system\n<|im_end|>")
+        tok.chat_template = "{{ strftime_now('%Y-%m-%d') }}" + original
+        with pytest.raises(UserError, match="model.llm: .*date"):
+            render_prompt(tok, "hi")
+    finally:
+        tok.chat_template = original
+
+
+def test_label_position_logits_match_full_logits(tiny):
+    model, batch = tiny
+    labels = batch["labels"]
+    assert ((labels != -100).sum(1) > 0).all()
+    # label positions are exactly transcript + end token; audio positions hold projected frames
+    n_audio = (batch["input_ids"] == model.layout.audio_id).sum(1)
+    assert n_audio.tolist() == [model.projector.output_length(int(n)) for n in batch["feat_lens"]]
+    a, b = model(batch), model(batch, label_logits_only=False)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_splice_gradient_reaches_projector_only(tiny):
+    model, batch = tiny
+    model.zero_grad()
+    model(batch).backward()
+    assert all(p.grad is None for p in model.llm.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    model.zero_grad()
+
+
+def test_greedy_generate_returns_text(tiny):
+    model, batch = tiny
+    out = model.generate(batch["feats"][:3], batch["feat_lens"][:3], max_new_tokens=5)
+    assert len(out) == 3 and all(isinstance(t, str) for t in out)

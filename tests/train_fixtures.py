@@ -1,0 +1,138 @@
+"""Test fixtures for training: a synthetic shard set in exactly the format `tatk shard` writes, a tiny LLM,
+and small recipes.
+
+The features are learnable on purpose: each character of the transcript becomes ``frames_per_char``
+frames of a fixed random vector for that character plus noise, so a projector can learn to read them
+and the loss falls within a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from tatk.tinyllm import WORDS, build_tiny_llm
+
+ENCODER_ID = "synthetic:chars"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz "
+
+
+def char_table(dim: int) -> np.ndarray:
+    """(27, dim) fixed per-character vectors, the same for every shard set (train and val must agree)."""
+    return np.random.default_rng(1234).normal(size=(len(ALPHABET), dim)).astype(np.float32)
+
+
+def write_shards(out: Path, n_samples: int = 96, n_shards: int = 4, split: str = "train", dim: int = 16,
+                 seed: int = 0, frames_per_char: int = 2, noise: float = 0.3) -> Path:
+    """Write ``n_shards`` tars of ``n_samples`` synthetic utterances plus manifest.json to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    table = char_table(dim)
+    shards, total, fsum, fsq = [], 0, np.zeros(dim), np.zeros(dim)
+    per = [n_samples // n_shards + (i < n_samples % n_shards) for i in range(n_shards)]
+    index = 0
+    for s, count in enumerate(per):
+        name = f"{split}-{s:06d}.tar"
+        frames = 0
+        with wds.TarWriter(str(out / name)) as tar:
+            for _ in range(count):
+                text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+                codes = np.repeat([ALPHABET.index(c) for c in text], frames_per_char)
+                feats = (table[codes] + noise * rng.normal(size=(len(codes), dim))).astype(np.float16)
+                buf = io.BytesIO()
+                np.save(buf, feats)
+                key = f"{split}_{seed}_{index:06d}"
+                meta = {"id": key, "duration": len(codes) / 50.0, "n_frames": len(codes), "speaker": "s0", "source": "synthetic"}
+                tar.write({"__key__": key, "feats.npy": buf.getvalue(), "txt": text, "json": meta})
+                frames += len(codes)
+                f = feats.astype(np.float64)
+                fsum, fsq = fsum + f.sum(0), fsq + (f * f).sum(0)
+                index += 1
+        shards.append({"name": name, "samples": count, "hours": frames / 50.0 / 3600, "frames": frames})
+        total += frames
+    mean = fsum / total
+    std = np.sqrt(np.maximum(fsq / total - mean**2, 0.0))
+    manifest = {
+        "tatk_version": "0.1.0", "command": "tests/train_fixtures.py",
+        "encoder": {"kind": "mel", "id": ENCODER_ID, "revision": "", "dim": dim, "frame_rate": 50.0, "dtype": "float16"},
+        "feature_extractor": {},
+        "splits": {split: {"shards": shards, "samples": n_samples, "hours": total / 50.0 / 3600, "frames": total,
+                           "skipped": {}, "stats": {"mean": mean.tolist(), "std": std.tolist()}}},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def prepare_tiny(root: Path) -> Path:
+    """The training tests' learnable fixtures under ``root``/runs/tiny: a tiny LLM and synthetic shard sets."""
+    base = Path(root) / "runs" / "tiny"
+    if not (base / "llm" / "config.json").exists():
+        build_tiny_llm(base / "llm")
+    if not (base / "shards" / "train" / "manifest.json").exists():
+        write_shards(base / "shards" / "train", n_samples=256, n_shards=4, seed=0)
+    if not (base / "shards" / "val" / "manifest.json").exists():
+        write_shards(base / "shards" / "val", n_samples=32, n_shards=1, seed=1)
+    return base
+
+
+def tiny_recipe(base: Path, run_dir: Path, **sections) -> str:
+    """A TOML recipe over ``prepare_tiny(...)`` outputs; ``sections`` adds/overrides keys: {"train": {"steps": 5}}."""
+    data = {
+        "run": {"name": run_dir.name, "out_dir": str(run_dir.parent), "seed": 0},
+        "features": {"encoder": ENCODER_ID, "dim": 16, "normalize": "utterance"},
+        "model": {"llm": str(base / "llm")},
+        "projector": {"kind": "mlp", "stack": 2, "hidden": 64},
+        "data": {"max_tokens": 512, "group_size": 16, "shuffle_buffer": 16, "round_shards": 2, "workers": 0},
+        "optim": {"lr": 3e-3, "norm_lr": 3e-3, "warmup_steps": 5},
+        "train": {"steps": 20, "log_every": 5, "eval_every": 0, "save_every": 10},
+        "eval": {"max_batches": 2, "wer_samples": 4, "max_new_tokens": 12},
+        "log": {"wandb": "off"},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    lines += ["[[data.train]]", f"path = {json.dumps(str(base / 'shards' / 'train'))}",
+              "[data.val]", f"path = {json.dumps(str(base / 'shards' / 'val'))}"]
+    return "\n".join(lines) + "\n"
+
+
+def _probe(recipe_path: str, out: str) -> None:
+    """Run ``tatk train`` in this process, recording the sample keys this rank trained on and its final
+    trainable weights to ``out`` (used by the multi-process test under ``accelerate launch``)."""
+    import torch
+
+    import tatk.train as T
+    from tatk.batches import Codec
+    from tatk.recipes import load_recipe
+
+    keys: list[str] = []
+    collate = Codec.collate
+    Codec.collate = lambda self, samples: (keys.extend(s.key for s in samples), collate(self, samples))[1]
+    save = T.save_checkpoint
+
+    def save_and_dump(accelerator, position, root, step, keep):
+        save(accelerator, position, root, step, keep)
+        weights = accelerator.unwrap_model(accelerator._models[0]).trainable_state_dict()
+        rank = accelerator.process_index
+        torch.save(weights, Path(out) / f"weights-{rank}.pt")
+        (Path(out) / f"keys-{rank}.json").write_text(json.dumps(keys))
+
+    T.save_checkpoint = save_and_dump
+    T.train(load_recipe(Path(recipe_path), []), resume=False)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "probe":
+        _probe(sys.argv[2], sys.argv[3])
+    else:
+        print(prepare_tiny(Path(".")))
