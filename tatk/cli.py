@@ -52,12 +52,15 @@ def shard(
     Re-running the same command resumes: finished shards are verified and kept, the rest are redone.
     Under ``accelerate launch`` each process takes every N-th utterance and writes its own shards.
     """
+    from tatk.corpus import CorpusSpec
     from tatk.shard import ShardConfig, run_shard
 
+    corpus = CorpusSpec(
+        dataset=dataset, subset=subset, local=local, split=split, audio_column=audio_column, text_column=text_column,
+        id_column=id_column, speaker_column=speaker_column, text_transform=text_transform,
+    )
     cfg = ShardConfig(
-        out=out, dataset=dataset, subset=subset, local=local, split=split, encoder=encoder,
-        audio_column=audio_column, text_column=text_column, id_column=id_column, speaker_column=speaker_column,
-        text_transform=text_transform, max_seconds=max_seconds, batch_size=batch_size,
+        out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
         shard_size_mb=shard_size_mb, dtype=dtype, max_samples=max_samples, workers=workers,
         command=" ".join(["tatk", *sys.argv[1:]]),
     )

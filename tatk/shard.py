@@ -33,19 +33,11 @@ WINDOW_BATCHES = 4
 
 @dataclass
 class ShardConfig:
-    """Options of ``tatk shard`` (see ``tatk shard --help`` for each one's meaning)."""
+    """Options of ``tatk shard`` beyond what to read (see ``tatk shard --help`` for each one's meaning)."""
 
     out: Path
-    dataset: str | None = None
-    subset: str | None = None
-    local: Path | None = None
-    split: str = "train"
+    corpus: CorpusSpec
     encoder: str = "zai-org/GLM-ASR-Nano-2512"
-    audio_column: str = "wav"
-    text_column: str = "text"
-    id_column: str = "ID"
-    speaker_column: str = "spk_id"
-    text_transform: str = "lower"
     max_seconds: float = 30.0
     batch_size: int = 16
     shard_size_mb: float = 256.0
@@ -123,18 +115,19 @@ def run_shard(cfg: ShardConfig) -> dict:
     # launched together would each think they are alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
-    spec = CorpusSpec(**{k: getattr(cfg, k) for k in CorpusSpec.__dataclass_fields__})
-    corpus = Corpus(spec)  # fails now on a wrong id, path or column
+    corpus = Corpus(cfg.corpus)  # fails now on a wrong id, path or column
     encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype)  # fails now on a wrong encoder id
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "workers", "command")}
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()} | {"revision": encoder.info.revision}
-    writer = ShardWriter(out, cfg.split, state.process_index, state.num_processes,
+    # What decides the shards' contents; a resumed run must agree on all of it.
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "corpus", "batch_size", "workers", "command")}
+    options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
+    options["revision"] = encoder.info.revision
+    writer = ShardWriter(out, cfg.corpus.split, state.process_index, state.num_processes,
                          int(cfg.shard_size_mb * 1e6), encoder.info.dim, cfg.dtype, options)
     start = writer.resume()
     t0, forward_s, audio_s = time.perf_counter(), 0.0, 0.0
     if not writer.done:
         if start and state.is_main_process:
-            console.print(f"resuming {cfg.split}: {len(writer.records)} finished shards kept, continuing at row {start}")
+            console.print(f"resuming {cfg.corpus.split}: {len(writer.records)} finished shards kept, continuing at row {start}")
         loader = DataLoader(_Prepared(corpus, encoder, start, state.process_index, state.num_processes, cfg),
                             batch_size=None, num_workers=cfg.workers, prefetch_factor=8 if cfg.workers else None)
         next_index, window = start, []
@@ -171,7 +164,7 @@ def run_shard(cfg: ShardConfig) -> dict:
         writer.close(next_index)
     state.wait_for_everyone()
     if state.is_main_process:
-        manifest = write_manifest(out, cfg.split, state.num_processes, encoder.info, cfg.command)
-        print_summary(console, out, cfg.split, manifest, time.perf_counter() - t0)
+        manifest = write_manifest(out, cfg.corpus.split, state.num_processes, encoder.info, cfg.command)
+        print_summary(console, out, cfg.corpus.split, manifest, time.perf_counter() - t0)
     return dict(wall_s=time.perf_counter() - t0, forward_s=forward_s, audio_s=audio_s)
 

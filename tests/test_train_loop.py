@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import tiny_recipe
+from train_fixtures import prepare_tiny, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tatk.corpus import CorpusSpec
 from tatk.shard import ShardConfig, run_shard
 from tatk.synth import make_splits, write_corpus
 from tatk.tiny import build_tiny_encoder
@@ -34,7 +35,8 @@ def main() -> None:
     glm = build_tiny_encoder("glmasr", tmp / "glmasr", hidden=256, layers=4)
     rows = []
     for label, encoder in [("mel (log-mel, no network)", "mel:80"), ("GLM-ASR-style encoder, 4×256, random", str(glm))]:
-        cfg = ShardConfig(out=tmp / f"out-{len(rows)}", dataset=str(tmp / "corpus"), subset="small", encoder=encoder,
+        corpus = CorpusSpec(dataset=str(tmp / "corpus"), subset="small")
+        cfg = ShardConfig(out=tmp / f"out-{len(rows)}", corpus=corpus, encoder=encoder,
                           workers=args.workers, batch_size=args.batch_size, command="bench")
         r = run_shard(cfg)
         rows.append((label, r["audio_s"] / r["wall_s"], 1 - r["forward_s"] / r["wall_s"], r["audio_s"], r["wall_s"]))
