@@ -61,8 +61,9 @@ def decode(source: bytes | str | Path, expected_seconds: float | None = None) ->
         raise BadAudio("unreadable", str(e)) from None
     if not data:
         raise BadAudio("empty_audio", "0 bytes")
-    if _wav_shortfall(data):
-        raise BadAudio("truncated", f"WAV data chunk is {_wav_shortfall(data)} bytes short")
+    missing = _wav_shortfall(data)
+    if missing:
+        raise BadAudio("truncated", f"WAV data chunk is {missing} bytes short")
     try:
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types for corrupt streams

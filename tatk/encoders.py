@@ -68,6 +68,8 @@ class FrozenEncoder:
     def _init_pretrained(self, name: str) -> None:
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+            raise UserError(f"--encoder {name!r}: no such folder")
         try:
             config = AutoConfig.from_pretrained(name)
             self.extractor = AutoFeatureExtractor.from_pretrained(name)
