@@ -16,7 +16,6 @@ where to go on: resuming re-reads at most one round per worker and replays the e
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from tatk.model import IGNORE, PromptLayout
+from tatk.shards import read_split
 
 
 @dataclass
@@ -94,7 +94,7 @@ def shard_sets(recipe) -> list[tuple[list[str], list[int], float]]:
     """(tar paths, samples per tar, weight) for each [[data.train]] set, from the manifests."""
     out = []
     for s in recipe.data.train:
-        split = json.loads((Path(s.path) / "manifest.json").read_text())["splits"][s.split]
+        split = read_split(s.path, s.split)
         out.append(([str(Path(s.path) / t["name"]) for t in split["shards"]], [t["samples"] for t in split["shards"]], s.weight))
     return out
 
@@ -218,7 +218,7 @@ def train_loader(recipe, codec: Codec, position: DataPosition, pin_memory: bool)
 def val_batches(recipe, codec: Codec, rank: int, world: int) -> Iterator[dict]:
     """The held-out set in a fixed order, sample i going to rank i % world; batches sorted by length."""
     v = recipe.data.val
-    split = json.loads((Path(v.path) / "manifest.json").read_text())["splits"][v.split]
+    split = read_split(v.path, v.split)
     n, group = 0, []
     for t in split["shards"]:
         for raw in read_shard(str(Path(v.path) / t["name"])):

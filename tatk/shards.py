@@ -44,12 +44,17 @@ def read_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def shard_paths(folder: str | Path, split: str) -> list[str]:
-    """Paths of a split's tars, from the manifest, in order."""
+def read_split(folder: str | Path, split: str) -> dict:
+    """One split's manifest entry (shards, counts, stats); a clear error when the split is missing."""
     manifest = read_manifest(folder)
     if split not in manifest["splits"]:
         raise UserError(f"{folder}: no split {split!r} (has {sorted(manifest['splits'])})")
-    return [str(Path(folder) / s["name"]) for s in manifest["splits"][split]["shards"]]
+    return manifest["splits"][split]
+
+
+def shard_paths(folder: str | Path, split: str) -> list[str]:
+    """Paths of a split's tars, from the manifest, in order."""
+    return [str(Path(folder) / s["name"]) for s in read_split(folder, split)["shards"]]
 
 
 class FeatureStats:

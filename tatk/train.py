@@ -23,10 +23,11 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 
-from tatk.batches import Codec, DataPosition, shard_sets, train_loader, val_batches
+from tatk.batches import Codec, DataPosition, train_loader, val_batches
 from tatk.errors import UserError
 from tatk.model import IGNORE, build_model
 from tatk.recipes import Recipe, render_recipe
+from tatk.shards import atomic_write_text, read_split
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; an unknown GPU just gets no MFU column.
 PEAK_BF16 = {"A40": 149.7e12, "A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "L4": 121e12,
@@ -72,7 +73,7 @@ def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator) -> d
     import jiwer
 
     model.eval()
-    loss_sum, tokens, pairs = torch.zeros(2, device=accelerator.device), 0, []
+    loss_sum, pairs = torch.zeros(2, device=accelerator.device), []
     for i, batch in enumerate(val_batches(recipe, codec, accelerator.process_index, accelerator.num_processes)):
         if recipe.eval.max_batches and i >= recipe.eval.max_batches:
             break
@@ -131,12 +132,10 @@ def train(recipe: Recipe, resume: bool) -> None:
     set_seed(recipe.run.seed)
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "recipe.toml.tmp"
-        tmp.write_text(render_recipe(recipe))
-        os.replace(tmp, run_dir / "recipe.toml")
+        atomic_write_text(run_dir / "recipe.toml", render_recipe(recipe))
 
     # ---- model: frozen LLM (bf16 weights on GPU: never updated, half the memory), fp32 projector
-    stats = json.loads((Path(recipe.data.train[0].path) / "manifest.json").read_text())["splits"][recipe.data.train[0].split].get("stats")
+    stats = read_split(recipe.data.train[0].path, recipe.data.train[0].split).get("stats")
     model = build_model(recipe, stats, torch.bfloat16 if cuda else torch.float32).to(accelerator.device)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
     n_llm = sum(p.numel() for p in model.llm.parameters())

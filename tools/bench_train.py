@@ -104,7 +104,7 @@ def main() -> None:
     real = sum(b["real_tokens"] for b in raw) / sum(b["padded_tokens"] for b in raw)
     ungrouped = load_recipe(tmp / "r.toml", ["data.group_size=1"])
     plain = iter(train_loader(ungrouped, codec, DataPosition(0, 1, 0), False))
-    plain_batches, rows, width, fill = [], [], 0, []
+    rows, width, fill = [], 0, []
     for _ in range(600):  # group_size=1 gives single samples: pack them greedily in arrival order
         b = next(plain)
         n = b["real_tokens"]
