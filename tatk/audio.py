@@ -14,6 +14,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from tatk.errors import first_line
+
 SAMPLE_RATE = 16_000
 
 # The reasons an utterance can be skipped; they are the keys of the manifest's "skipped" counts.
@@ -67,7 +69,7 @@ def decode(source: bytes | str | Path, expected_seconds: float | None = None) ->
     try:
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types for corrupt streams
-        raise BadAudio("unreadable", str(e).strip().splitlines()[0][:200]) from None
+        raise BadAudio("unreadable", first_line(e)) from None
     if wave.shape[0] == 0:
         raise BadAudio("empty_audio", "no samples")
     if not np.isfinite(wave).all():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tatk.errors import UserError
+from tatk.errors import UserError, first_line
 
 TEXT_TRANSFORMS = {"lower": str.lower, "upper": str.upper, "none": lambda s: s}
 
@@ -90,8 +90,7 @@ class Corpus:
             else:
                 ds = load_dataset(dataset, subset, split=spec.split, streaming=True)
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise UserError(f"dataset {dataset!r} (config {subset!r}, split {spec.split!r}) cannot be opened: {reason}") from None
+            raise UserError(f"dataset {dataset!r} (config {subset!r}, split {spec.split!r}) cannot be opened: {first_line(e, 300)}") from None
         columns = list(ds.features) if ds.features is not None else list(next(iter(ds)).keys())
         for option, column in (("--audio-column", spec.audio_column), ("--text-column", spec.text_column)):
             if column not in columns:

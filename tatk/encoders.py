@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tatk.audio import SAMPLE_RATE
-from tatk.errors import UserError
+from tatk.errors import UserError, first_line
 
 WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 
@@ -74,8 +74,7 @@ class FrozenEncoder:
             config = AutoConfig.from_pretrained(name)
             self.extractor = AutoFeatureExtractor.from_pretrained(name)
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"--encoder {name!r}: not a loadable model (Hub id or local folder): {reason}") from None
+            raise UserError(f"--encoder {name!r}: not a loadable model (Hub id or local folder): {first_line(e)}") from None
         kind = config.model_type
         load = dict(dtype=self.compute_dtype)
         if kind == "glmasr":
