@@ -1,4 +1,4 @@
-"""The speech LM: encoder features → normalisation → projector → spliced into a (frozen) causal LM's prompt.
+"""The speech LM: encoder features → normalisation → projector → spliced into a causal LM's prompt.
 
 A training row is the LLM's own chat-template prompt with the audio in the user turn, then the transcript:
 
@@ -105,18 +105,27 @@ def build_layout(tokenizer, prompt: str) -> PromptLayout:
 
 
 class SpeechLM(nn.Module):
-    """Feature normalisation + projector (trained) in front of a causal LM (frozen)."""
+    """Feature normalisation + projector in front of a causal LM.
 
-    def __init__(self, llm: nn.Module, tokenizer, layout: PromptLayout, norm: FeatureNorm, projector: nn.Module):
+    ``decoder`` says what of the LLM trains: ``frozen`` (nothing), ``lora`` (``llm`` is a PEFT model
+    whose adapters train) or ``full`` (every weight).
+    """
+
+    def __init__(self, llm: nn.Module, tokenizer, layout: PromptLayout, norm: FeatureNorm, projector: nn.Module,
+                 decoder: str = "frozen"):
         super().__init__()
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
-        self.norm, self.projector = norm, projector
-        self.llm.requires_grad_(False)
-        self.llm.eval()
+        self.norm, self.projector, self.decoder = norm, projector, decoder
+        if decoder == "frozen":
+            self.llm.requires_grad_(False)
+            self.llm.eval()
+        elif decoder == "full":
+            self.llm.requires_grad_(True)
 
     def train(self, mode: bool = True) -> "SpeechLM":
         super().train(mode)
-        self.llm.eval()  # frozen: no dropout, so a step's loss depends only on the batch
+        if self.decoder == "frozen":
+            self.llm.eval()  # frozen: no dropout, so a step's loss depends only on the batch
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -137,15 +146,17 @@ class SpeechLM(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_audio, self.layout.pad_id))
         return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))
 
-    def forward(self, batch: dict[str, torch.Tensor], label_logits_only: bool = True) -> torch.Tensor:
-        """Mean cross-entropy over transcript + end tokens of a batch from ``tatk.batches.collate``.
+    def forward(self, batch: dict[str, torch.Tensor], label_logits_only: bool = True, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over transcript + end tokens of a batch from ``tatk.batches.collate``: their mean,
+        or with ``reduction="sum"`` their sum (the loop divides by the whole accumulation window's count).
 
         The LM head maps H to the whole vocabulary (~152k for Qwen3): applying it at every position costs
         as much as a large share of the LLM. Only positions whose next token is a label need logits, so
         hidden states are gathered there first ((N, H) instead of (B, L, H)).
         """
         embeds = self.embed(batch["input_ids"], batch["feats"], batch["feat_lens"])
-        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+        # get_decoder(): the transformer body without the LM head (reached through a PEFT wrapper too)
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
         targets = batch["labels"][:, 1:]
         at = targets != IGNORE  # (B, L-1): hidden state t predicts token t+1
         head = self.llm.get_output_embeddings()
@@ -153,7 +164,7 @@ class SpeechLM(nn.Module):
             logits = head(hidden[:, :-1][at])  # (N, V)
         else:
             logits = head(hidden[:, :-1])[at]
-        return F.cross_entropy(logits.float(), targets[at])
+        return F.cross_entropy(logits.float(), targets[at], reduction=reduction)
 
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int) -> list[str]:
@@ -171,10 +182,11 @@ class SpeechLM(nn.Module):
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype) -> SpeechLM:
+def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missing_stats: bool = False) -> SpeechLM:
     """Load the LLM and tokenizer by id or path and build a seeded projector for ``recipe`` (a tatk.recipes.Recipe).
 
-    ``stats`` is the manifest's {"mean": [...], "std": [...]} (needed for features.normalize = "global").
+    ``stats`` is the manifest's {"mean": [...], "std": [...]} (needed for features.normalize = "global");
+    ``allow_missing_stats`` builds placeholders instead, for a model whose checkpoint holds them.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -187,9 +199,23 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype) -> SpeechLM:
     layout = build_layout(tokenizer, recipe.model.prompt)
     feats = recipe.features
     if feats.normalize == "global" and not stats:
-        raise UserError("features.normalize: 'global' needs feature stats in the shard manifest")
+        if not allow_missing_stats:
+            raise UserError("features.normalize: 'global' needs feature stats in the shard manifest")
+        stats = {"mean": [0.0] * feats.dim, "std": [1.0] * feats.dim}
     norm = FeatureNorm(feats.normalize, feats.dim, *((stats["mean"], stats["std"]) if stats else ()))
-    torch.manual_seed(recipe.run.seed)  # same projector init on every rank and every run
+    torch.manual_seed(recipe.run.seed)  # same projector and adapter init on every rank and every run
     p = recipe.projector
     projector = build_projector(p.kind, feats.dim, llm.get_input_embeddings().embedding_dim, p.hidden, p.stack)
-    return SpeechLM(llm, tokenizer, layout, norm, projector)
+    projector.requires_grad_(p.train)
+    if recipe.model.decoder == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = recipe.lora
+        targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            task_type="CAUSAL_LM")
+        try:
+            llm = get_peft_model(llm, config)
+        except ValueError as e:
+            raise UserError(f"lora.target_modules: {str(e).splitlines()[0]}") from None
+    return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder)

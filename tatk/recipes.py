@@ -34,8 +34,18 @@ class FeaturesConfig:
 
 @dataclass
 class ModelConfig:
-    llm: str = "Qwen/Qwen3-0.6B"  #: causal LM: Hub id or local folder; frozen in stage 1
+    llm: str = "Qwen/Qwen3-0.6B"  #: causal LM: Hub id or local folder
     prompt: str = "Transcribe: "  #: user-turn text placed before the audio in the LLM's chat template
+    decoder: str = "frozen"  #: frozen (stage 1) | lora (adapters from [lora]) | full (every LLM weight trained)
+    init_from: str = ""  #: checkpoint folder of an earlier stage whose trained weights are loaded first
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64  #: adapter rank
+    alpha: int = 32  #: scaling numerator: the update is (alpha / r) · B·A
+    dropout: float = 0.05  #: dropout on the adapter's input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  #: LLM Linear names, or ["all-linear"]
 
 
 @dataclass
@@ -43,6 +53,7 @@ class ProjectorConfig:
     kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/projectors.py)
     stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
     hidden: int = 2048  #: projector hidden width
+    train: bool = True  #: false keeps the projector as loaded from model.init_from (stage 2 with a fixed projector)
 
 
 @dataclass
@@ -72,6 +83,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4  #: peak learning rate (projector matrices)
+    llm_lr: float = 2e-5  #: peak learning rate of trained LLM weights (LoRA adapters or the full decoder)
     norm_lr: float = 1e-4  #: peak learning rate of norm gains and biases (no weight decay)
     weight_decay: float = 0.01  #: AdamW decay of projector matrices
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  #: AdamW betas
@@ -109,6 +121,7 @@ class Recipe:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -186,10 +199,11 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig) -> 
         raise UserError(f"{key}.split: {path} has no split {split!r} (has {sorted(manifest['splits'])})")
 
 
-def _validate(r: Recipe) -> None:
+def _validate(r: Recipe, check_shards: bool) -> None:
     from tatk.projectors import PROJECTORS
 
     choices = {"features.normalize": (r.features.normalize, ("none", "utterance", "global")),
+               "model.decoder": (r.model.decoder, ("frozen", "lora", "full")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
                "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
     for key, (value, allowed) in choices.items():
@@ -200,7 +214,8 @@ def _validate(r: Recipe) -> None:
                 "data.group_size": r.data.group_size, "data.shuffle_buffer": r.data.shuffle_buffer,
                 "data.round_shards": r.data.round_shards, "train.steps": r.train.steps,
                 "train.grad_accum": r.train.grad_accum, "train.log_every": r.train.log_every,
-                "train.save_every": r.train.save_every, "train.keep_checkpoints": r.train.keep_checkpoints}
+                "train.save_every": r.train.save_every, "train.keep_checkpoints": r.train.keep_checkpoints,
+                "lora.r": r.lora.r, "lora.alpha": r.lora.alpha}
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
@@ -210,6 +225,14 @@ def _validate(r: Recipe) -> None:
         raise UserError("features.encoder: required (the encoder id the shards were made with)")
     if len(r.optim.betas) != 2:
         raise UserError(f"optim.betas: expected two numbers, got {r.optim.betas}")
+    if not r.projector.train and not r.model.init_from:
+        raise UserError("projector.train: false needs model.init_from (a frozen projector must come from an earlier stage)")
+    if not r.lora.target_modules:
+        raise UserError("lora.target_modules: name at least one LLM Linear layer, e.g. [\"q_proj\", \"v_proj\"]")
+    if not check_shards:
+        return
+    if r.model.init_from and not (Path(r.model.init_from) / "model.safetensors").is_file():
+        raise UserError(f"model.init_from: {r.model.init_from} is not a checkpoint folder (no model.safetensors)")
     if not r.data.train:
         raise UserError("data.train: add at least one [[data.train]] table with a shard folder path")
     for i, s in enumerate(r.data.train):
@@ -220,8 +243,12 @@ def _validate(r: Recipe) -> None:
         _check_shards("data.val", r.data.val.path, r.data.val.split, r.features)
 
 
-def load_recipe(path: Path, overrides: list[str]) -> Recipe:
-    """Read a TOML recipe, apply ``--set`` overrides, type-check it and check it against its shard manifests."""
+def load_recipe(path: Path, overrides: list[str], check_shards: bool = True) -> Recipe:
+    """Read a TOML recipe, apply ``--set`` overrides, type-check it and check it against its shard manifests.
+
+    ``check_shards=False`` skips the shard checks: a checkpoint's recipe.toml is read that way by eval
+    and export, which must work where the training shards are not.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
@@ -232,7 +259,7 @@ def load_recipe(path: Path, overrides: list[str]) -> Recipe:
     for item in overrides:
         _apply_override(raw, item)
     recipe = _convert(raw, Recipe, "")
-    _validate(recipe)
+    _validate(recipe, check_shards)
     return recipe
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 
 from tatk.batches import Codec, DataPosition, train_loader, val_batches
+from tatk.checkpoint import checkpoints, load_weights, save_checkpoint
 from tatk.errors import UserError
 from tatk.model import IGNORE, build_model
 from tatk.recipes import Recipe, render_recipe
@@ -34,18 +34,19 @@ PEAK_BF16 = {"A40": 149.7e12, "A100": 312e12, "H100": 989e12, "H200": 989e12, "L
              "A10": 125e12, "4090": 165e12, "3090": 71e12}
 
 
-def checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (a ``.tmp`` folder is one a killed run did not finish)."""
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+def param_groups(model, o) -> list[dict]:
+    """AdamW groups for the trainable parameters only (frozen weights never reach the optimizer).
 
-
-def param_groups(model, lr: float, norm_lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: matrices decay; norm gains and biases do not (decaying them just shrinks the scale)."""
+    Matrices decay; norm gains and biases do not (decaying them just shrinks the scale). LLM weights
+    (LoRA adapters or the full decoder) get their own, usually much lower, learning rate ``o.llm_lr``.
+    """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [
-        {"name": "matrices", "params": [p for n, p in trainable if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay},
-        {"name": "norms_biases", "params": [p for n, p in trainable if p.ndim < 2], "lr": norm_lr, "weight_decay": 0.0},
-    ]
+    groups = []
+    for name, in_llm, lr, norm_lr in (("adapter", False, o.lr, o.norm_lr), ("llm", True, o.llm_lr, o.llm_lr)):
+        mine = [p for n, p in trainable if n.startswith("llm.") == in_llm]
+        groups += [{"name": f"{name}_matrices", "params": [p for p in mine if p.ndim >= 2], "lr": lr, "weight_decay": o.weight_decay},
+                   {"name": f"{name}_norms_biases", "params": [p for p in mine if p.ndim < 2], "lr": norm_lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def warmup_cosine(warmup: int, total: int, floor: float):
@@ -93,29 +94,9 @@ def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator) -> d
             "wer": jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")}
 
 
-def save_checkpoint(accelerator: Accelerator, position: DataPosition, root: Path, step: int, keep: int) -> None:
-    """Accelerate's full state (trainable weights, optimizer, scheduler, RNG, data position) written atomically.
-
-    Everything goes to ``step-N.tmp`` and is renamed when complete: a run killed mid-save leaves the
-    previous checkpoint as the newest one, and resuming ignores the ``.tmp`` folder.
-    """
-    position.gather(accelerator)
-    tmp, final = root / f"step-{step:06d}.tmp", root / f"step-{step:06d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoints(root)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
 def train(recipe: Recipe, resume: bool) -> None:
-    """Train the projector of ``recipe`` for ``train.steps`` steps; ``resume`` continues from the newest checkpoint."""
+    """Train ``recipe``'s projector (and LLM adapters or decoder) for ``train.steps`` steps; ``resume``
+    continues from the newest checkpoint."""
     # ---- setup: where things go, and fail on a bad run folder before loading anything heavy
     run_dir, ckpt_root = recipe.run_dir, recipe.run_dir / "checkpoints"
     found = checkpoints(ckpt_root)
@@ -130,23 +111,30 @@ def train(recipe: Recipe, resume: bool) -> None:
                               project_dir=str(run_dir))
     console = Console(quiet=not accelerator.is_main_process, highlight=False)
     set_seed(recipe.run.seed)
+    recipe_text = render_recipe(recipe)
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.toml", render_recipe(recipe))
+        atomic_write_text(run_dir / "recipe.toml", recipe_text)
 
-    # ---- model: frozen LLM (bf16 weights on GPU: never updated, half the memory), fp32 projector
+    # ---- model: a frozen or LoRA'd LLM keeps bf16 weights on GPU (never updated: half the memory); a
+    # fully trained one keeps fp32 master weights under bf16 autocast. Projector and adapters are fp32.
     stats = read_split(recipe.data.train[0].path, recipe.data.train[0].split).get("stats")
-    model = build_model(recipe, stats, torch.bfloat16 if cuda else torch.float32).to(accelerator.device)
+    llm_dtype = torch.bfloat16 if cuda and recipe.model.decoder != "full" else torch.float32
+    model = build_model(recipe, stats, llm_dtype)
+    if recipe.model.init_from and not resume:  # stage chaining: start from the previous stage's weights
+        load_weights(model, Path(recipe.model.init_from), allow_new=True)
+        console.print(f"loaded trained weights from {recipe.model.init_from}")
+    model = model.to(accelerator.device)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
     n_llm = sum(p.numel() for p in model.llm.parameters())
     o = recipe.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.norm_lr, o.weight_decay), betas=tuple(o.betas), fused=cuda)
+    optimizer = torch.optim.AdamW(param_groups(model, o), betas=tuple(o.betas), fused=cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(o.warmup_steps, recipe.train.steps, o.min_lr_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
     position = DataPosition(accelerator.process_index, accelerator.num_processes, recipe.data.workers)
     accelerator.register_for_checkpointing(scheduler, position)
 
-    def keep_trainable(models, weights, output_dir):  # checkpoints hold the projector, not the 0.6-3B LLM
+    def keep_trainable(models, weights, output_dir):  # checkpoints hold trained weights, not the 0.6-3B LLM
         for m, w in zip(models, weights):
             keep = accelerator.unwrap_model(m).trainable_state_dict().keys()
             for k in [k for k in w if k.removeprefix("module.") not in keep]:
@@ -165,7 +153,7 @@ def train(recipe: Recipe, resume: bool) -> None:
     t = recipe.train
     peak = next((v for k, v in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name()), None)
     console.print(f"[bold]{recipe.run.name}[/]: {sum(p.numel() for g in optimizer.param_groups for p in g['params']):,} "
-                  f"trainable parameters, LLM {n_llm:,} frozen, {accelerator.num_processes} process(es), "
+                  f"trainable parameters, LLM {n_llm:,} ({recipe.model.decoder}), {accelerator.num_processes} process(es), "
                   f"steps {start + 1}..{t.steps}")
 
     # ---- train: each step is grad_accum micro-batches, then one clipped AdamW step
@@ -173,19 +161,21 @@ def train(recipe: Recipe, resume: bool) -> None:
     window = torch.zeros(4, dtype=torch.float64)  # samples, real tokens, padded tokens, LLM positions
     clock = time.perf_counter()
     for step in range(start + 1, t.steps + 1):
-        losses, positions = [], []
-        for micro in range(t.grad_accum):
-            batch = next(batches)
-            positions.append(batch["position"])
+        # The step's loss is the mean over every label token of its grad_accum micro-batches (not a mean
+        # of per-batch means, which would over-weight short batches): the token count is known up front.
+        micro_batches = [next(batches) for _ in range(t.grad_accum)]
+        n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for micro, batch in enumerate(micro_batches):
             window += torch.tensor([batch["n_samples"], batch["real_tokens"], batch["padded_tokens"], 0.0], dtype=torch.float64)
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             # gradients are all-reduced only on the last micro-batch: the others just accumulate locally
             with accelerator.no_sync(model) if micro < t.grad_accum - 1 else nullcontext():
-                loss = model(batch)
-                accelerator.backward(loss / t.grad_accum)
-            losses.append(loss.detach().float())
+                loss = model(batch, reduction="sum") / n_labels
+                accelerator.backward(loss)
+            loss_sum += loss.detach().float()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
-        loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+        loss = accelerator.reduce(loss_sum, "mean")
         if not (torch.isfinite(loss) and torch.isfinite(torch.as_tensor(grad_norm))):
             last = checkpoints(ckpt_root)
             raise UserError(f"loss is {loss.item()} (grad norm {float(grad_norm)}) at step {step}; stopped before "
@@ -193,8 +183,8 @@ def train(recipe: Recipe, resume: bool) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        for p in positions:
-            position.advance(p)
+        for b in micro_batches:
+            position.advance(b["position"])
 
         if step % t.log_every == 0 or step == t.steps:
             totals = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
@@ -202,14 +192,15 @@ def train(recipe: Recipe, resume: bool) -> None:
             stats = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                      "samples_per_s": totals[0].item() / elapsed, "tokens_per_s": totals[1].item() / elapsed,
                      "real_token_fraction": (totals[1] / totals[2]).item()}
-            if peak:  # frozen LLM: forward 2N + backward to the inputs 2N FLOPs per position (no weight grads)
-                stats["mfu"] = 4 * n_llm * totals[2].item() / elapsed / (peak * accelerator.num_processes)
+            if peak:  # LLM FLOPs per position: forward 2N, backward to the inputs 2N, weight grads 2N when trained fully
+                flops = (6 if recipe.model.decoder == "full" else 4) * n_llm
+                stats["mfu"] = flops * totals[2].item() / elapsed / (peak * accelerator.num_processes)
             window.zero_()
             log(accelerator, console, run_dir, step, stats)
         if recipe.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
             log(accelerator, console, run_dir, step, evaluate(accelerator.unwrap_model(model), recipe, codec, accelerator))
         if step % t.save_every == 0 or step == t.steps:
-            save_checkpoint(accelerator, position, ckpt_root, step, t.keep_checkpoints)
+            save_checkpoint(accelerator, position, recipe_text, ckpt_root, step, t.keep_checkpoints)
 
     # ---- finish
     accelerator.end_training()

@@ -118,8 +118,8 @@ def _probe(recipe_path: str, out: str) -> None:
     Codec.collate = lambda self, samples: (keys.extend(s.key for s in samples), collate(self, samples))[1]
     save = T.save_checkpoint
 
-    def save_and_dump(accelerator, position, root, step, keep):
-        save(accelerator, position, root, step, keep)
+    def save_and_dump(accelerator, *args):
+        save(accelerator, *args)
         weights = accelerator.unwrap_model(accelerator._models[0]).trainable_state_dict()
         rank = accelerator.process_index
         torch.save(weights, Path(out) / f"weights-{rank}.pt")

@@ -1,0 +1,114 @@
+"""Checkpoints: what a training run leaves behind, and how eval, export and the next stage read it back.
+
+A checkpoint is a folder ``<run>/checkpoints/step-NNNNNN/`` holding
+
+- Accelerate's full training state (optimizer, scheduler, RNG, data position) for ``--resume``;
+- ``model.safetensors``: the trained weights only (projector, normaliser statistics, LoRA adapters or a
+  fully trained decoder), keyed by their ``SpeechLM`` names; never the frozen encoder or LLM;
+- ``recipe.toml``: the resolved recipe, so the checkpoint alone says how to rebuild the model.
+
+Folders are written as ``step-N.tmp`` and renamed when complete, so a run killed mid-save leaves the
+previous checkpoint as the newest one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tatk.errors import UserError, first_line
+from tatk.shards import atomic_write_text
+
+WEIGHTS = "model.safetensors"
+RECIPE = "recipe.toml"
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a ``.tmp`` folder is one a killed run did not finish)."""
+    return sorted(p for p in Path(root).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int) -> Path:
+    """Write Accelerate's state plus recipe.toml to ``step-N`` atomically; keep the newest ``keep`` checkpoints.
+
+    Collective: every rank calls it. ``position`` (tatk.batches.DataPosition) is gathered first so the
+    saved data position covers all ranks.
+    """
+    position.gather(accelerator)
+    tmp, final = root / f"step-{step:06d}.tmp", root / f"step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / RECIPE, recipe_text)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint path or a run folder (→ its newest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run folder")
+    if (path / RECIPE).is_file() and (path / "checkpoints").is_dir():  # a run folder
+        found = checkpoints(path / "checkpoints")
+        if not found:
+            raise UserError(f"{path}: run folder has no finished checkpoint")
+        path = found[-1]
+    if not (path / RECIPE).is_file():
+        raise UserError(f"{path}: not a tatk checkpoint (no {RECIPE})")
+    if not (path / WEIGHTS).is_file():
+        raise UserError(f"{path}: checkpoint has no {WEIGHTS} (incomplete or not written by tatk train)")
+    return path
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The trained weights of checkpoint folder ``path`` (safetensors only: nothing is unpickled)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(Path(path) / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise UserError(f"{Path(path) / WEIGHTS}: cannot read weights ({first_line(e)})") from None
+
+
+def load_weights(model, path: Path, allow_new: bool = False) -> None:
+    """Load a checkpoint's trained weights into ``model`` (a SpeechLM), checking names and shapes.
+
+    Every weight in the file must exist in the model with the same shape. Unless ``allow_new`` (a later
+    stage adding LoRA adapters to an earlier stage's projector), every trained weight of the model must
+    be in the file.
+    """
+    weights = read_weights(path)
+    own = model.state_dict()
+    unknown = sorted(set(weights) - set(own))
+    if unknown:
+        raise UserError(f"{path}: weight {unknown[0]!r} does not exist in the model this recipe builds")
+    for k, v in weights.items():
+        if own[k].shape != v.shape:
+            raise UserError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    missing = sorted(set(model.trainable_state_dict()) - set(weights))
+    if missing and not allow_new:
+        raise UserError(f"{path}: checkpoint lacks trained weight {missing[0]!r}")
+    model.load_state_dict(weights, strict=False)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(recipe, SpeechLM in eval mode) rebuilt from a checkpoint or run folder, ready to transcribe features."""
+    from tatk.model import build_model
+    from tatk.recipes import load_recipe
+
+    ckpt = resolve(path)
+    recipe = load_recipe(ckpt / RECIPE, [], check_shards=False)
+    model = build_model(recipe, stats=None, llm_dtype=dtype, allow_missing_stats=True)
+    load_weights(model, ckpt)
+    return recipe, model.to(device).eval()
