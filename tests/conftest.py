@@ -45,3 +45,61 @@ def speech(tmp_path_factory) -> dict[str, Path]:
     write_corpus(root / "parquet", splits, layout="parquet", seed=1)
     write_corpus(root / "folder", {"train": splits["train"][:12]}, layout="folder", seed=1)
     return {"parquet": root / "parquet", "folder": root / "folder"}
+
+
+@pytest.fixture(scope="session")
+def asr_run(tiny_encoders, speech, tmp_path_factory) -> dict[str, Path]:
+    """A tiny recognizer trained for a few steps on real shards: espeak-ng speech → tiny GLM-ASR encoder
+    → `tatk shard` (train, test) → `tatk train` (projector + full tiny decoder). Transcripts are poor;
+    eval and export tests check that every path gives the *same* transcripts, not good ones.
+
+    Keys: corpus (LoquaciousSet-style parquet folder), encoder, llm, shards, run (run folder),
+    checkpoint (its newest checkpoint folder).
+    """
+    import pyarrow.parquet as pq
+
+    from tatk.tinyllm import build_tiny_llm
+
+    root = tmp_path_factory.mktemp("asr")
+    corpus, encoder, shards = speech["parquet"], tiny_encoders["glmasr"], root / "shards"
+    texts = [t.lower() for f in sorted(corpus.rglob("*train*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
+    llm = build_tiny_llm(root / "llm", texts=texts)
+    for split in ("train", "test"):
+        run_tatk("shard", "--dataset", corpus, "--subset", "small", "--split", split, "--encoder", encoder, "--out", shards)
+    recipe = root / "recipe.toml"
+    recipe.write_text(f"""
+[run]
+name = "asr"
+out_dir = "{root / 'runs'}"
+[features]
+encoder = "{encoder}"
+dim = 64
+[model]
+llm = "{llm}"
+decoder = "full"
+[projector]
+stack = 4
+hidden = 64
+[[data.train]]
+path = "{shards}"
+[data]
+max_tokens = 2048
+group_size = 8
+shuffle_buffer = 8
+round_shards = 1
+workers = 0
+[optim]
+lr = 2e-3
+llm_lr = 1e-3
+warmup_steps = 2
+[train]
+steps = 6
+save_every = 6
+log_every = 3
+[log]
+wandb = "off"
+""")
+    run_tatk("train", recipe)
+    run = root / "runs" / "asr"
+    return {"corpus": corpus, "encoder": encoder, "llm": llm, "shards": shards, "run": run,
+            "checkpoint": run / "checkpoints" / "step-000006"}
