@@ -80,3 +80,15 @@ def decode(source: bytes | str | Path, expected_seconds: float | None = None) ->
     if expected_seconds and len(wave) / SAMPLE_RATE < 0.9 * expected_seconds - 0.1:
         raise BadAudio("truncated", f"{len(wave) / SAMPLE_RATE:.2f}s decoded, {expected_seconds:.2f}s expected")
     return np.ascontiguousarray(wave)
+
+
+def encode_flac(wave: np.ndarray) -> bytes:
+    """A 16 kHz mono waveform (samples,) as 16-bit FLAC bytes (what audio shards store).
+
+    16-bit PCM is what speech corpora are recorded in, and FLAC stores it losslessly at about half
+    the size. Samples are clipped to [-1, 1) first: libsndfile would wrap, not clip, an overshoot
+    (resampling can push a full-scale clip slightly past 1).
+    """
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave, -1.0, 1.0 - 2.0**-15), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()

@@ -5,7 +5,11 @@ A checkpoint is a folder ``<run>/checkpoints/step-NNNNNN/`` holding
 - Accelerate's full training state (optimizer, scheduler, RNG, data position) for ``--resume``;
 - ``model.safetensors``: the trained weights only (projector, normaliser statistics, LoRA adapters or a
   fully trained decoder), keyed by their ``SpeechLM`` names; never the frozen encoder or LLM;
-- ``recipe.toml``: the resolved recipe, so the checkpoint alone says how to rebuild the model.
+- ``recipe.toml``: the resolved recipe, so the checkpoint alone says how to rebuild the model;
+- ``adapter/`` (LoRA decoders only): the LLM adapter as a PEFT folder, for ``PeftModel.from_pretrained``.
+
+Under DeepSpeed, Accelerate's state is the engine's (optimizer shards per rank, frozen weights excluded) and
+``model.safetensors`` is written here from the trained weights, gathered to full size under ZeRO-3.
 
 Folders are written as ``step-N.tmp`` and renamed when complete, so a run killed mid-save leaves the
 previous checkpoint as the newest one.
@@ -31,18 +35,30 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int) -> Path:
+def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int, model) -> Path:
     """Write Accelerate's state plus recipe.toml to ``step-N`` atomically; keep the newest ``keep`` checkpoints.
 
     Collective: every rank calls it. ``position`` (tatk.batches.DataPosition) is gathered first so the
-    saved data position covers all ranks.
+    saved data position covers all ranks. ``model`` is the unwrapped SpeechLM.
     """
+    from safetensors.torch import save_file
+
+    from tatk.zero import deepspeed_stage, save_adapter, trained_weights
+
     position.gather(accelerator)
     tmp, final = root / f"step-{step:06d}.tmp", root / f"step-{step:06d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    deepspeed = deepspeed_stage(accelerator) is not None
+    # DeepSpeed saves its engine's module too: leave the frozen LLM out of it (it is loaded from model.llm)
+    accelerator.save_state(str(tmp), **({"exclude_frozen_parameters": True} if deepspeed else {}))
+    weights = trained_weights(accelerator, model) if deepspeed or model.decoder == "lora" else None  # collective
+    if accelerator.is_main_process:
+        if deepspeed:  # Accelerate writes model.safetensors only outside DeepSpeed (filtered by keep_trainable)
+            save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if model.decoder == "lora":
+            save_adapter(model, weights, tmp / "adapter")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / RECIPE, recipe_text)

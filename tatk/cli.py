@@ -44,6 +44,7 @@ def shard(
     batch_size: Annotated[int, typer.Option(help="Utterances per encoder forward (length-sorted).")] = 16,
     shard_size_mb: Annotated[float, typer.Option(help="Target size of one tar, in MB.")] = 256.0,
     dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
+    store: Annotated[str, typer.Option(help="What the shards hold: 'features' (the encoder's output; training never runs it) or 'audio' (16 kHz FLAC; training runs the encoder, so it can adapt it with LoRA).")] = "features",
     max_samples: Annotated[Optional[int], typer.Option(help="Stop after this many input rows (for trials).")] = None,
     workers: Annotated[int, typer.Option(help="Background processes decoding and resampling audio.")] = 1,
 ) -> None:
@@ -61,7 +62,7 @@ def shard(
     )
     cfg = ShardConfig(
         out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
-        shard_size_mb=shard_size_mb, dtype=dtype, max_samples=max_samples, workers=workers,
+        shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers,
         command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:
@@ -98,6 +99,96 @@ def validate(
         print(render_recipe(load_recipe(recipe, set_ or [])))
     except UserError as e:
         _fail(str(e))
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Optional[str], typer.Argument(help="Checkpoint or run folder; with --dataset/--local also an export folder or Hub id.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Shard folder (tatk shard output): transcribe its stored features.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id or local dataset folder: transcribe its audio end to end.")] = None,
+    subset: Annotated[Optional[str], typer.Option(help="Dataset config name (with --dataset).")] = None,
+    local: Annotated[Optional[Path], typer.Option(help="Local corpus folder (metadata.csv / *.jsonl / parquet): transcribe its audio.")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    max_samples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N utterances.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Utterances per batch (length-sorted).")] = 16,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Decoding limit per utterance; default: the recipe's eval.max_new_tokens.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default <checkpoint>/eval-<data>-<split>.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1...; default cuda when available.")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two eval summaries (summary.json or their folders) instead.")] = None,
+) -> None:
+    """Measure normalised WER (Whisper's English normaliser, corpus-level) and RTFx of a trained model.
+
+    Writes utterances.jsonl (most errors first) and summary.json. With --compare A B: two summaries side by side.
+    """
+    from tatk.comparison import compare as compare_summaries
+    from tatk.evaluation import EvalOptions, run_eval
+
+    try:
+        if compare:
+            compare_summaries(*compare)
+        elif model is None:
+            raise UserError("give a MODEL (checkpoint, run or export folder, or Hub id), or --compare A B")
+        else:
+            run_eval(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split,
+                                 max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 out=out, device=device))
+    except UserError as e:
+        _fail(str(e))
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `tatk train` (holds metrics.jsonl).")],
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="`tatk eval` output folder; default: the newest one inside the run.")] = None,
+) -> None:
+    """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances."""
+    from tatk.report import write_report
+
+    try:
+        out = write_report(run, eval_dir)
+    except UserError as e:
+        _fail(str(e))
+    print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a run folder (its newest checkpoint).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export, which is replaced).")],
+    merged: Annotated[bool, typer.Option(help="Store every weight (encoder, LLM with LoRA merged): works without the base models.")] = False,
+    eval_summary: Annotated[Optional[Path], typer.Option("--eval", help="summary.json from `tatk eval`: its results go in the model card.")] = None,
+    license: Annotated[str, typer.Option(help="License id for the model card's metadata.")] = "apache-2.0",
+) -> None:
+    """Write a Hub-ready model folder: pipeline("automatic-speech-recognition", model=OUT_DIR, trust_remote_code=True)."""
+    from tatk.export import export as run_export
+
+    try:
+        out = run_export(checkpoint, out_dir, merged=merged, eval_summary=eval_summary, license=license)
+    except UserError as e:
+        _fail(str(e))
+    print(f"exported: {out}")
+
+
+@app.command()
+def push(
+    export_dir: Annotated[Path, typer.Argument(help="Folder written by `tatk export`.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repository, e.g. you/tatk-asr (created if missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to upload to (created if missing); default main.")] = None,
+    message: Annotated[str, typer.Option(help="Commit message.")] = "Upload tatk model",
+    dry_run: Annotated[bool, typer.Option(help="Only validate the folder and list what would be uploaded.")] = False,
+) -> None:
+    """Upload an export folder to the Hub. The token comes from HF_TOKEN or a cached `hf auth login`."""
+    from tatk.export import push as run_push
+
+    try:
+        files = run_push(export_dir, repo_id, private=private, revision=revision, message=message, dry_run=dry_run)
+    except UserError as e:
+        _fail(str(e))
+    for name, size in files:
+        print(f"{size:>14,}  {name}")
+    total = sum(size for _, size in files)
+    print(f"{'would upload' if dry_run else 'uploaded'} {len(files)} files, {total:,} bytes to {repo_id}")
 
 
 def main() -> None:

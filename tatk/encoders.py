@@ -20,8 +20,14 @@ import torch
 
 from tatk.audio import SAMPLE_RATE
 from tatk.errors import UserError, first_line
-
-WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+from tatk.hub.encoder import (
+    MODEL_TYPES,
+    WAVEFORM_TYPES,
+    AudioEncoder,
+    conv_layers,
+    encoder_kind,
+    load_audio_model,
+)
 
 
 @dataclass
@@ -37,23 +43,21 @@ class EncoderInfo:
     feature_extractor: dict = field(default_factory=dict)
 
 
-def _conv_out(n: int) -> int:
-    """Frames after Whisper/GLM-ASR's conv stem (k3 s1, then k3 s2, padding 1) for ``n`` mel frames."""
-    return (n - 1) // 2 + 1
+class FrozenEncoder(AudioEncoder):
+    """A frozen encoder loaded by name. ``prepare`` is picklable work for workers; ``encode`` runs the network
+    (both from ``tatk.hub.encoder.AudioEncoder``, the code exported models run too)."""
 
-
-class FrozenEncoder:
-    """A frozen encoder. ``prepare`` is picklable work for workers; ``encode`` runs the network."""
-
-    def __init__(self, name: str, device: str | torch.device = "cpu", dtype: str = "float16"):
+    def __init__(self, name: str, device: str | torch.device = "cpu", dtype: str = "float16", network: bool = True):
+        """``network=False`` loads only the config and preprocessing (``prepare``, ``n_frames``, ``info``):
+        enough to store audio, or to prepare inputs in worker processes, without loading the weights."""
         self.device = torch.device(device)
         # bf16 on GPU halves memory traffic; CPU stays fp32 (CPU bf16 matmuls are slow and inexact).
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = None
+        self.model, self.conv = None, []
         if name == "mel" or name.startswith("mel:"):
             self._init_mel(name)
         else:
-            self._init_pretrained(name)
+            self._init_pretrained(name, network)
         self.info.dtype = dtype
 
     # -- loading ---------------------------------------------------------------------------------
@@ -65,8 +69,8 @@ class FrozenEncoder:
         self.info = EncoderInfo("mel", f"mel:{n_mels}", "log-mel", n_mels, SAMPLE_RATE / self.extractor.hop_length,
                                 feature_extractor=self.extractor.to_dict())
 
-    def _init_pretrained(self, name: str) -> None:
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    def _init_pretrained(self, name: str, network: bool) -> None:
+        from transformers import AutoConfig, AutoFeatureExtractor
 
         if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
             raise UserError(f"--encoder {name!r}: no such folder")
@@ -76,69 +80,21 @@ class FrozenEncoder:
         except Exception as e:
             raise UserError(f"--encoder {name!r}: not a loadable model (Hub id or local folder): {first_line(e)}") from None
         kind = config.model_type
-        load = dict(dtype=self.compute_dtype)
-        if kind == "glmasr":
-            from transformers import GlmAsrForConditionalGeneration
-
-            model = GlmAsrForConditionalGeneration.from_pretrained(name, **load).model.audio_tower
-        elif kind == "glmasr_encoder":
-            from transformers import GlmAsrEncoder
-
-            model = GlmAsrEncoder.from_pretrained(name, **load)
-        elif kind == "whisper":
-            model = AutoModel.from_pretrained(name, **load).get_encoder()
-        elif kind in WAVEFORM_TYPES:
-            model = AutoModel.from_pretrained(name, **load)
-        else:
+        if kind not in MODEL_TYPES:
             raise UserError(f"--encoder {name!r}: model type {kind!r} is not a supported audio encoder")
-        self.kind = "glmasr" if kind.startswith("glmasr") else kind
-        self.model = model.to(self.device).eval().requires_grad_(False)
-        dim = self.model.config.hidden_size if self.kind in WAVEFORM_TYPES + ("glmasr",) else self.model.config.d_model
-        rate = SAMPLE_RATE / int(np.prod(self.model.config.conv_stride)) if self.kind in WAVEFORM_TYPES else 50.0
+        self.kind = encoder_kind(kind)
+        enc_config = config.audio_config if kind == "glmasr" else config
+        dim = enc_config.d_model if kind == "whisper" else enc_config.hidden_size
+        # Waveform encoders: one frame per product-of-conv-strides samples; computed from the config,
+        # so frame counts need no weights (see n_frames).
+        self.conv = conv_layers(config)
+        rate = SAMPLE_RATE / int(np.prod(config.conv_stride)) if self.kind in WAVEFORM_TYPES else 50.0
         self.info = EncoderInfo(self.kind, name, _revision(name, config), dim, rate,
                                 feature_extractor=self.extractor.to_dict())
-
-    # -- the two halves of encoding ---------------------------------------------------------------
-    def prepare(self, wave: np.ndarray) -> np.ndarray:
-        """Model input for one 16 kHz waveform: log-mel (n_mels, T) or a normalised waveform (samples,).
-
-        Whisper and GLM-ASR pad every clip to 30 s (3000 mel frames), exactly as at inference, so a
-        clip's features do not depend on what else is in its batch.
-        """
-        if self.kind in WAVEFORM_TYPES:
-            return self.extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0].astype(np.float32)
-        padding = "longest" if self.kind == "mel" else "max_length"
-        out = self.extractor(wave, sampling_rate=SAMPLE_RATE, padding=padding, return_attention_mask=True, return_tensors="np")
-        mel = out.input_features[0].astype(np.float32)
-        return mel if self.kind == "mel" else np.concatenate([mel, out.attention_mask[0][None].astype(np.float32)])
-
-    def n_frames(self, prepared: np.ndarray) -> int:
-        """Number of output frames that cover the audio of one prepared input."""
-        if self.kind == "mel":
-            return prepared.shape[1]
-        if self.kind in WAVEFORM_TYPES:
-            return int(self.model._get_feat_extract_output_lengths(torch.tensor(prepared.shape[0])))
-        return _conv_out(int(prepared[-1].sum()))
-
-    @torch.inference_mode()
-    def encode(self, batch: list[np.ndarray]) -> list[np.ndarray]:
-        """Features for a batch of prepared inputs: a list of float32 arrays of shape (frames_i, dim)."""
-        lengths = [self.n_frames(p) for p in batch]
-        if self.kind == "mel":
-            return [p.T.copy() for p in batch]
-        if self.kind in WAVEFORM_TYPES:
-            longest = max(len(p) for p in batch)
-            x = torch.zeros(len(batch), longest)
-            mask = torch.zeros(len(batch), longest, dtype=torch.long)
-            for i, p in enumerate(batch):
-                x[i, : len(p)], mask[i, : len(p)] = torch.from_numpy(p), 1
-            kwargs = {"attention_mask": mask.to(self.device)} if self.extractor.return_attention_mask else {}
-            hidden = self.model(x.to(self.device, self.compute_dtype), **kwargs).last_hidden_state
-        else:
-            mel = torch.from_numpy(np.stack([p[:-1] for p in batch]))
-            hidden = self.model(mel.to(self.device, self.compute_dtype)).last_hidden_state
-        hidden = hidden.float().cpu().numpy()
-        return [hidden[i, :n] for i, n in enumerate(lengths)]
+        if not network:
+            return
+        model = load_audio_model(name, config, self.compute_dtype)
+        self.model = model.to(self.device).eval().requires_grad_(False)
 
 
 def _revision(name: str, config) -> str:

@@ -12,7 +12,6 @@ transcript and the end token only, and logits are computed only there (see ``Spe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date
 
 import torch
@@ -20,54 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tatk.errors import UserError
-from tatk.projectors import build_projector
+from tatk.hub.projectors import build_projector
+from tatk.hub.speech import IGNORE, FeatureNorm, PromptLayout, SpeechDecoding
+
+__all__ = ["AUDIO_TOKEN", "IGNORE", "FeatureNorm", "PromptLayout", "SpeechLM", "build_layout", "build_model", "render_prompt"]
 
 AUDIO_TOKEN = "<|audio|>"
-IGNORE = -100
-
-
-class FeatureNorm(nn.Module):
-    """Normalise encoder frames (B, T, D) per dimension; frames at or past ``lens`` come out as exact zeros.
-
-    ``utterance`` uses each clip's own mean/std over its valid frames: random or un-normalised encoders
-    have wildly varying per-dimension scales, and this alone took a prototype from 98% to 28% WER.
-    ``global`` uses the manifest's corpus statistics (kept as buffers, so they travel with the weights).
-    """
-
-    def __init__(self, mode: str, dim: int, mean: list[float] | None = None, std: list[float] | None = None):
-        super().__init__()
-        self.mode = mode
-        if mode == "global":
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-5))
-
-    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).unsqueeze(-1)  # (B, T, 1)
-        if self.mode == "utterance":
-            n = lens.clamp_min(1).to(x.dtype)[:, None, None]
-            mean = (x * valid).sum(1, keepdim=True) / n
-            var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / n
-            x = (x - mean) / (var + 1e-5).sqrt()
-        elif self.mode == "global":
-            x = (x - self.mean) / self.std
-        return x * valid
-
-
-@dataclass
-class PromptLayout:
-    """Token ids around the audio, fixed for a run: rows are prefix + audio×n + suffix + target + end."""
-
-    prefix: list[int]
-    suffix: list[int]
-    end_id: int
-    audio_id: int
-    pad_id: int
-
-    def row(self, n_audio: int, target: list[int]) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of one training row; labels are IGNORE outside target + end."""
-        head = self.prefix + [self.audio_id] * n_audio + self.suffix
-        return head + target + [self.end_id], [IGNORE] * len(head) + target + [self.end_id]
-
 
 _DATE_LINE = re.compile(r"^.*today date.*\n?", re.IGNORECASE | re.MULTILINE)
 _DATE_FORMATS = ("%d %B %Y", "%d %b %Y", "%Y-%m-%d", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d/%m/%Y")
@@ -104,18 +61,19 @@ def build_layout(tokenizer, prompt: str) -> PromptLayout:
     return PromptLayout(encode(prefix), encode(suffix), end[0], audio_id, pad_id)
 
 
-class SpeechLM(nn.Module):
+class SpeechLM(SpeechDecoding, nn.Module):
     """Feature normalisation + projector in front of a causal LM.
 
     ``decoder`` says what of the LLM trains: ``frozen`` (nothing), ``lora`` (``llm`` is a PEFT model
-    whose adapters train) or ``full`` (every weight).
+    whose adapters train) or ``full`` (every weight). ``encoder`` (tatk.audio_tower.AudioTower, for audio
+    shards) runs the audio encoder first: ``feats`` are then its prepared inputs (B, C, S), not features.
     """
 
     def __init__(self, llm: nn.Module, tokenizer, layout: PromptLayout, norm: FeatureNorm, projector: nn.Module,
-                 decoder: str = "frozen"):
+                 decoder: str = "frozen", encoder: nn.Module | None = None):
         super().__init__()
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
-        self.norm, self.projector, self.decoder = norm, projector, decoder
+        self.norm, self.projector, self.decoder, self.encoder = norm, projector, decoder, encoder
         if decoder == "frozen":
             self.llm.requires_grad_(False)
             self.llm.eval()
@@ -129,22 +87,18 @@ class SpeechLM(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights a checkpoint must keep: trained parameters and the normaliser's statistics."""
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        """Weights a checkpoint must keep: trained parameters, the normaliser's statistics, and the projector
+        even when this stage froze it (``projector.train = false``): it was trained by an earlier stage, and
+        a checkpoint must rebuild its model on its own, without that earlier checkpoint."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith("projector.")}
         keep |= {f"norm.{n}" for n, _ in self.norm.named_buffers()}
         return {k: v for k, v in self.state_dict().items() if k in keep}
 
     def embed(self, input_ids: torch.Tensor, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (B, L, H) with projected frames written over the audio placeholders.
-
-        feats (B, T, D), feat_lens (B,); row b must hold exactly output_length(feat_lens[b]) placeholders.
-        """
-        audio = self.projector(self.norm(feats, feat_lens))  # (B, T', H)
-        n_out = torch.tensor([self.projector.output_length(int(n)) for n in feat_lens], device=feats.device)
-        frames = audio[torch.arange(audio.shape[1], device=feats.device)[None, :] < n_out[:, None]]  # (ΣT', H)
-        is_audio = input_ids == self.layout.audio_id
-        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_audio, self.layout.pad_id))
-        return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))
+        """As SpeechDecoding.embed; with an encoder inside, ``feats`` (B, C, S) become its frames (B, T, D) first."""
+        if self.encoder is not None:
+            feats = self.encoder(feats, feat_lens)
+        return super().embed(input_ids, feats, feat_lens)
 
     def forward(self, batch: dict[str, torch.Tensor], label_logits_only: bool = True, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy over transcript + end tokens of a batch from ``tatk.batches.collate``: their mean,
@@ -166,19 +120,9 @@ class SpeechLM(nn.Module):
             logits = head(hidden[:, :-1])[at]
         return F.cross_entropy(logits.float(), targets[at], reduction=reduction)
 
-    @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy transcripts of a batch of features (B, T, D) with lengths (B,)."""
-        lay = self.layout
-        n_out = [self.projector.output_length(int(n)) for n in feat_lens]
-        rows = [lay.prefix + [lay.audio_id] * n + lay.suffix for n in n_out]
-        width = max(map(len, rows))
-        ids = torch.tensor([[lay.pad_id] * (width - len(r)) + r for r in rows], device=feats.device)  # left pad
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=feats.device)
-        out = self.llm.generate(
-            inputs_embeds=self.embed(ids, feats, feat_lens), attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, eos_token_id=lay.end_id, pad_token_id=lay.pad_id,
-        )
+        """Greedy transcripts of a batch of features (B, T, D) with lengths (B,) (see SpeechDecoding.generate_ids)."""
+        out = self.generate_ids(feats, feat_lens, max_new_tokens)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
@@ -218,4 +162,9 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
             llm = get_peft_model(llm, config)
         except ValueError as e:
             raise UserError(f"lora.target_modules: {str(e).splitlines()[0]}") from None
-    return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder)
+    encoder = None
+    if recipe.data.content == "audio":  # the model runs the encoder itself (frozen, or with LoRA adapters)
+        from tatk.audio_tower import build_tower
+
+        encoder = build_tower(recipe, llm_dtype)
+    return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder, encoder)

@@ -45,7 +45,8 @@ def print_summary(console: Console, out: Path, split: str, manifest: dict, wall_
     enc = manifest["encoder"]
     table = Table(title=f"tatk shard → {out}", show_header=False)
     table.add_row("split", split)
-    table.add_row("encoder", f"{enc['id']} ({enc['kind']}, dim {enc['dim']}, {enc['frame_rate']:g} frames/s, {enc['dtype']})")
+    stored = enc.get("dtype") or f"audio: {manifest['audio']['format']} {manifest['audio']['sample_rate']} Hz"
+    table.add_row("encoder", f"{enc['id']} ({enc['kind']}, dim {enc['dim']}, {enc['frame_rate']:g} frames/s, {stored})")
     table.add_row("shards", str(len(info["shards"])))
     table.add_row("samples", f"{info['samples']:,}")
     table.add_row("audio", f"{info['hours']:.3f} h")

@@ -37,6 +37,7 @@ class ModelConfig:
     llm: str = "Qwen/Qwen3-0.6B"  #: causal LM: Hub id or local folder
     prompt: str = "Transcribe: "  #: user-turn text placed before the audio in the LLM's chat template
     decoder: str = "frozen"  #: frozen (stage 1) | lora (adapters from [lora]) | full (every LLM weight trained)
+    encoder: str = "frozen"  #: frozen | lora (adapters from [encoder_lora]; needs data.content = "audio")
     init_from: str = ""  #: checkpoint folder of an earlier stage whose trained weights are loaded first
 
 
@@ -49,8 +50,18 @@ class LoraConfig:
 
 
 @dataclass
+class EncoderLoraConfig:
+    """LoRA adapters on the audio encoder (model.encoder = "lora"); see tatk/audio_tower.py."""
+
+    r: int = 8  #: adapter rank
+    alpha: int = 16  #: scaling numerator: the update is (alpha / r) · B·A; 16 at r 8 is the common alpha = 2r
+    dropout: float = 0.05  #: dropout on the adapter's input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj"])  #: encoder Linear names; every encoder's attention has q_proj, k_proj, v_proj (+ o_proj in GLM-ASR, out_proj in Whisper/HuBERT)
+
+
+@dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/projectors.py)
+    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/hub/projectors.py)
     stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
     hidden: int = 2048  #: projector hidden width
     train: bool = True  #: false keeps the projector as loaded from model.init_from (stage 2 with a fixed projector)
@@ -78,12 +89,24 @@ class DataConfig:
     shuffle_buffer: int = 512  #: samples in the streaming shuffle buffer
     round_shards: int = 4  #: tars read interleaved per shuffle round (the unit of resumable data state)
     workers: int = 2  #: DataLoader worker processes per rank (0: read in the training process)
+    content: str = "features"  #: what the shards hold: features (encoder output) | audio (`tatk shard --store audio`; the model runs the encoder)
+
+
+@dataclass
+class AugmentConfig:
+    """SpecAugment-style masking of stored features, on training batches only (tatk/augment.py)."""
+
+    time_masks: int = 0  #: time masks per utterance (0: none); each spans 0..time_width frames
+    time_width: int = 10  #: widest time mask, in encoder frames (GLM-ASR: 50 per second)
+    freq_masks: int = 0  #: feature-dimension masks per utterance (0: none)
+    freq_width: int = 8  #: widest feature-dimension mask, in dimensions
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-4  #: peak learning rate (projector matrices)
     llm_lr: float = 2e-5  #: peak learning rate of trained LLM weights (LoRA adapters or the full decoder)
+    encoder_lr: float = 2e-5  #: peak learning rate of the encoder's LoRA adapters (model.encoder = "lora")
     norm_lr: float = 1e-4  #: peak learning rate of norm gains and biases (no weight decay)
     weight_decay: float = 0.01  #: AdamW decay of projector matrices
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  #: AdamW betas
@@ -100,6 +123,7 @@ class TrainConfig:
     eval_every: int = 1000  #: steps between validations (0: only at the end)
     save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 3  #: newest checkpoints kept on disk
+    gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 
 @dataclass
@@ -122,7 +146,9 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    encoder_lora: EncoderLoraConfig = field(default_factory=EncoderLoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -181,7 +207,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node[last] = value
 
 
-def _check_shards(key: str, path: str, split: str, features: FeaturesConfig) -> None:
+def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, content: str) -> None:
     from tatk.shards import read_manifest
 
     if not Path(path).is_dir():
@@ -190,7 +216,9 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig) -> 
         manifest = read_manifest(path)
     except UserError as e:
         raise UserError(f"{key}.path: {e}") from None
-    encoder = manifest["encoder"]
+    encoder, held = manifest["encoder"], manifest.get("content", "features")
+    if held != content:
+        raise UserError(f"data.content: is {content!r} but {path} holds {held} (made with `tatk shard --store {held}`)")
     if encoder["id"] != features.encoder:
         raise UserError(f"features.encoder: is {features.encoder!r} but {path} was made with {encoder['id']!r}")
     if encoder["dim"] != features.dim:
@@ -200,10 +228,12 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig) -> 
 
 
 def _validate(r: Recipe, check_shards: bool) -> None:
-    from tatk.projectors import PROJECTORS
+    from tatk.hub.projectors import PROJECTORS
 
     choices = {"features.normalize": (r.features.normalize, ("none", "utterance", "global")),
                "model.decoder": (r.model.decoder, ("frozen", "lora", "full")),
+               "model.encoder": (r.model.encoder, ("frozen", "lora")),
+               "data.content": (r.data.content, ("features", "audio")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
                "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
     for key, (value, allowed) in choices.items():
@@ -215,10 +245,18 @@ def _validate(r: Recipe, check_shards: bool) -> None:
                 "data.round_shards": r.data.round_shards, "train.steps": r.train.steps,
                 "train.grad_accum": r.train.grad_accum, "train.log_every": r.train.log_every,
                 "train.save_every": r.train.save_every, "train.keep_checkpoints": r.train.keep_checkpoints,
-                "lora.r": r.lora.r, "lora.alpha": r.lora.alpha}
+                "lora.r": r.lora.r, "lora.alpha": r.lora.alpha,
+                "encoder_lora.r": r.encoder_lora.r, "encoder_lora.alpha": r.encoder_lora.alpha}
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
+    a = r.augment
+    for key, value in {"augment.time_masks": a.time_masks, "augment.time_width": a.time_width,
+                       "augment.freq_masks": a.freq_masks, "augment.freq_width": a.freq_width}.items():
+        if value < 0:
+            raise UserError(f"{key}: must be >= 0, got {value}")
+    if a.freq_masks and r.features.dim and a.freq_width >= r.features.dim:
+        raise UserError(f"augment.freq_width: must be below features.dim ({r.features.dim}), got {a.freq_width}")
     if r.projector.kind == "conv" and r.projector.stack != 4:
         raise UserError("projector.stack: the conv projector downsamples by exactly 4 (two stride-2 convs)")
     if not r.features.encoder:
@@ -227,6 +265,21 @@ def _validate(r: Recipe, check_shards: bool) -> None:
         raise UserError(f"optim.betas: expected two numbers, got {r.optim.betas}")
     if not r.projector.train and not r.model.init_from:
         raise UserError("projector.train: false needs model.init_from (a frozen projector must come from an earlier stage)")
+    if r.train.gradient_checkpointing and r.model.decoder == "frozen":
+        raise UserError("train.gradient_checkpointing: needs model.decoder = lora or full (a frozen LLM runs in eval mode, "
+                        "where transformers does not checkpoint)")
+    if r.model.encoder == "lora" and r.data.content != "audio":
+        raise UserError("model.encoder: 'lora' trains the encoder, so it needs audio shards (data.content = \"audio\", "
+                        "`tatk shard --store audio`); feature shards hold its frozen output")
+    if r.data.content == "audio" and r.features.normalize == "global":
+        raise UserError("features.normalize: 'global' needs the statistics of feature shards; audio shards have none "
+                        "(use \"utterance\")")
+    if r.data.content == "audio" and (r.augment.time_masks or r.augment.freq_masks):
+        key = "augment.time_masks" if r.augment.time_masks else "augment.freq_masks"
+        raise UserError(f"{key}: masks stored features in the data workers; with audio shards the features "
+                        "exist only inside the model (set it to 0)")
+    if not r.encoder_lora.target_modules:
+        raise UserError("encoder_lora.target_modules: name at least one encoder Linear layer, e.g. [\"q_proj\", \"k_proj\"]")
     if not r.lora.target_modules:
         raise UserError("lora.target_modules: name at least one LLM Linear layer, e.g. [\"q_proj\", \"v_proj\"]")
     if not check_shards:
@@ -238,9 +291,9 @@ def _validate(r: Recipe, check_shards: bool) -> None:
     for i, s in enumerate(r.data.train):
         if s.weight <= 0:
             raise UserError(f"data.train[{i}].weight: must be > 0, got {s.weight}")
-        _check_shards(f"data.train[{i}]", s.path, s.split, r.features)
+        _check_shards(f"data.train[{i}]", s.path, s.split, r.features, r.data.content)
     if r.data.val is not None:
-        _check_shards("data.val", r.data.val.path, r.data.val.split, r.features)
+        _check_shards("data.val", r.data.val.path, r.data.val.split, r.features, r.data.content)
 
 
 def load_recipe(path: Path, overrides: list[str], check_shards: bool = True) -> Recipe:

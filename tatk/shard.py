@@ -7,6 +7,10 @@ Data flow per process::
       → a window of rows, sorted by length and encoded in batches on the accelerator
       → ShardWriter, back in row order: tars under temporary names, renamed when complete
     then process 0 merges every process's state into manifest.json.
+
+With ``store="audio"`` the workers encode each checked clip as FLAC instead, and no encoder runs at
+all (its weights are not even loaded): the encoder is still named, so frame counts, the too-short
+check and the manifest match what training will compute from the audio.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tatk.audio import SAMPLE_RATE, BadAudio, decode
+from tatk.audio import SAMPLE_RATE, BadAudio, decode, encode_flac
 from tatk.corpus import Corpus, CorpusSpec, Row
 from tatk.encoders import FrozenEncoder
 from tatk.errors import UserError
-from tatk.shards import ShardWriter, write_manifest
+from tatk.shards import ShardWriter, check_content, read_manifest, write_manifest
 
 # Rows gathered before sorting by length: larger windows pad less, smaller ones use less memory
 # and cut shards closer to their target size (shards end only between windows).
@@ -41,6 +45,7 @@ class ShardConfig:
     batch_size: int = 16
     shard_size_mb: float = 256.0
     dtype: str = "float16"
+    store: str = "features"  # features (encoder output) | audio (16 kHz FLAC, for training the encoder)
     max_samples: int | None = None
     workers: int = 1
     command: str = ""
@@ -76,8 +81,11 @@ class _Prepared(IterableDataset):
         if seconds > self.cfg.max_seconds:
             return None, "too_long", seconds
         prepared = self.encoder.prepare(wave)
-        if self.encoder.n_frames(prepared) < 1:
+        n_frames = self.encoder.n_frames(prepared)
+        if n_frames < 1:
             return None, "too_short", seconds
+        if self.cfg.store == "audio":
+            return (encode_flac(wave), n_frames), None, seconds
         return torch.from_numpy(prepared), None, seconds  # a tensor travels through shared memory
 
 
@@ -85,6 +93,8 @@ def _check_options(cfg: ShardConfig) -> Path:
     """Cheap checks of the options, before anything is loaded."""
     if cfg.dtype not in ("float16", "float32"):
         raise UserError(f"--dtype {cfg.dtype!r}: expected float16 or float32")
+    if cfg.store not in ("features", "audio"):
+        raise UserError(f"--store {cfg.store!r}: expected features or audio")
     for name in ("max_seconds", "batch_size", "shard_size_mb"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -115,13 +125,17 @@ def run_shard(cfg: ShardConfig) -> dict:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
     corpus = Corpus(cfg.corpus)  # fails now on a wrong id, path or column
-    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype)  # fails now on a wrong encoder id
+    audio = cfg.store == "audio"
+    # fails now on a wrong encoder id; storing audio needs only its config and preprocessing
+    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=not audio)
+    manifest_path = out / "manifest.json"
+    check_content(out, read_manifest(out) if manifest_path.exists() else {}, cfg.store)
     # What decides the shards' contents; a resumed run must agree on all of it.
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "corpus", "batch_size", "workers", "command")}
     options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
     options["revision"] = encoder.info.revision
     writer = ShardWriter(out, cfg.corpus.split, state.process_index, state.num_processes,
-                         int(cfg.shard_size_mb * 1e6), encoder.info.dim, cfg.dtype, options)
+                         int(cfg.shard_size_mb * 1e6), encoder.info.dim, cfg.dtype, options, cfg.store)
     start = writer.resume()
     t0, forward_s, audio_s = time.perf_counter(), 0.0, 0.0
     if not writer.done:
@@ -133,7 +147,8 @@ def run_shard(cfg: ShardConfig) -> dict:
         with ShardProgress(console, enabled=state.is_main_process) as progress:
 
             def flush() -> float:
-                ready = sorted((i for i, w in enumerate(window) if w[1] is not None), key=lambda i: window[i][1].shape[-1])
+                ready = [] if audio else sorted((i for i, w in enumerate(window) if w[1] is not None),
+                                                 key=lambda i: window[i][1].shape[-1])
                 feats, t = {}, time.perf_counter()
                 for b in range(0, len(ready), cfg.batch_size):
                     idx = ready[b : b + cfg.batch_size]
@@ -144,9 +159,10 @@ def run_shard(cfg: ShardConfig) -> dict:
                     if reason:
                         writer.skip(row.index, reason)
                     else:
-                        meta = dict(id=row.id, duration=round(seconds, 4), n_frames=int(feats[i].shape[0]),
+                        payload, n_frames = window[i][1] if audio else (feats[i], feats[i].shape[0])
+                        meta = dict(id=row.id, duration=round(seconds, 4), n_frames=int(n_frames),
                                     speaker=row.speaker, source=row.source)
-                        writer.add(row.index, row.key, feats[i], row.text, meta)
+                        writer.add(row.index, row.key, payload, row.text, meta)
                     progress.advance(seconds, skipped=bool(reason))
                 if window:
                     writer.cut(window[-1][0].index + 1)
@@ -163,7 +179,7 @@ def run_shard(cfg: ShardConfig) -> dict:
         writer.close(next_index)
     state.wait_for_everyone()
     if state.is_main_process:
-        manifest = write_manifest(out, cfg.corpus.split, state.num_processes, encoder.info, cfg.command)
+        manifest = write_manifest(out, cfg.corpus.split, state.num_processes, encoder.info, cfg.command, cfg.store)
         print_summary(console, out, cfg.corpus.split, manifest, time.perf_counter() - t0)
     return dict(wall_s=time.perf_counter() - t0, forward_s=forward_s, audio_s=audio_s)
 

@@ -1,9 +1,11 @@
-"""The shard format: WebDataset tars of encoder features, a manifest, and the state that makes runs resumable.
+"""The shard format: WebDataset tars of encoder features (or audio), a manifest, and the state that makes runs resumable.
 
 A shard set is a folder::
 
-    manifest.json            encoder, feature settings, per-shard counts, feature statistics, skips
+    manifest.json            content, encoder, feature settings, per-shard counts, feature statistics, skips
     <split>-000000.tar       per utterance: {key}.feats.npy (frames × dim), {key}.txt, {key}.json
+                             (content "audio", from `tatk shard --store audio`: {key}.flac instead of
+                             {key}.feats.npy, 16 kHz mono 16-bit; json n_frames is still the encoder's count)
     .state/<split>.rank<r>-of<w>.json   each process's finished shards, rewritten after every shard
 
 Each process covers the input rows ``index % world == rank`` in order and cuts them into shards; a
@@ -24,6 +26,7 @@ import numpy as np
 import webdataset as wds
 
 from tatk import __version__
+from tatk.audio import SAMPLE_RATE
 from tatk.errors import UserError
 
 STATE_DIR = ".state"
@@ -50,6 +53,13 @@ def read_split(folder: str | Path, split: str) -> dict:
     if split not in manifest["splits"]:
         raise UserError(f"{folder}: no split {split!r} (has {sorted(manifest['splits'])})")
     return manifest["splits"][split]
+
+
+def check_content(out: Path, manifest: dict, content: str) -> None:
+    """Refuse to add ``content`` shards to a folder whose manifest says it holds the other kind."""
+    have = manifest.get("content", "features") if manifest else content
+    if have != content:
+        raise UserError(f"--store {content}: {out} already holds {have} shards; use a new --out")
 
 
 def shard_paths(folder: str | Path, split: str) -> list[str]:
@@ -84,9 +94,9 @@ class FeatureStats:
 
 
 def count_samples(path: Path) -> int:
-    """Number of complete samples in a tar (raises on a damaged tar)."""
+    """Number of complete samples in a tar (raises on a damaged tar); a sample's .json is written last."""
     with tarfile.open(path) as tar:
-        return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".feats.npy")})
+        return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")})
 
 
 class ShardWriter:
@@ -97,8 +107,10 @@ class ShardWriter:
     is it recorded in the state file.
     """
 
-    def __init__(self, out: Path, split: str, rank: int, world: int, target_bytes: int, dim: int, dtype: str, options: dict):
+    def __init__(self, out: Path, split: str, rank: int, world: int, target_bytes: int, dim: int, dtype: str, options: dict,
+                 content: str = "features"):
         self.out, self.split, self.rank, self.world, self.options = out, split, rank, world, options
+        self.content = content  # features | audio
         self.target_bytes, self.dim, self.dtype = target_bytes, dim, np.dtype(dtype)
         self.state_path = out / STATE_DIR / f"{split}.rank{rank}-of{world}.json"
         self.records: list[dict] = []
@@ -152,21 +164,25 @@ class ShardWriter:
         self.stats = FeatureStats(self.dim)
         self.bytes = 0
 
-    def add(self, index: int, key: str, feats: np.ndarray, text: str, meta: dict) -> None:
-        """Append one utterance; ``feats`` has shape (frames, dim)."""
+    def add(self, index: int, key: str, payload: np.ndarray | bytes, text: str, meta: dict) -> None:
+        """Append one utterance: ``payload`` is its features (frames, dim), or FLAC bytes for audio shards
+        (then ``meta["n_frames"]`` is the encoder's frame count for it)."""
         if self._tar is None:
             self._open(index)
-        stored = feats.astype(self.dtype)
-        self.stats.add(stored)
-        buf = io.BytesIO()
-        np.save(buf, stored)
-        sample = {"__key__": key, "feats.npy": buf.getvalue(), "txt": text, "json": json.dumps(meta)}
+        if self.content == "audio":
+            sample = {"__key__": key, "flac": payload, "txt": text, "json": json.dumps(meta)}
+        else:
+            stored = payload.astype(self.dtype)
+            self.stats.add(stored)
+            buf = io.BytesIO()
+            np.save(buf, stored)
+            sample = {"__key__": key, "feats.npy": buf.getvalue(), "txt": text, "json": json.dumps(meta)}
         self._tar.write(sample)
         # Tar overhead: a 512-byte header per member, and payloads padded to 512 bytes.
         self.bytes += sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if k != "__key__")
         self.cur["samples"] += 1
         self.cur["seconds"] += meta["duration"]
-        self.cur["frames"] += stored.shape[0]
+        self.cur["frames"] += meta["n_frames"]
 
     def cut(self, next_index: int) -> None:
         """End the open shard here if it has reached the target size.
@@ -196,7 +212,7 @@ class ShardWriter:
     def _finish(self, next_index: int) -> None:
         self._tar.close()
         self._tar = None
-        rec = self.cur | {"next": next_index, "stats": self.stats.to_dict()}
+        rec = self.cur | {"next": next_index, "stats": self.stats.to_dict() if self.content == "features" else None}
         if rec["samples"]:
             with open(self.tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -212,10 +228,15 @@ class ShardWriter:
         atomic_write_text(self.state_path, json.dumps({"rank": self.rank, "world": self.world, "options": self.options, "shards": self.records}))
 
 
-def write_manifest(out: Path, split: str, world: int, encoder_info, command: str) -> dict:
-    """Merge every process's state into ``manifest.json`` (keeping other splits already there)."""
+def write_manifest(out: Path, split: str, world: int, encoder_info, command: str, content: str = "features") -> dict:
+    """Merge every process's state into ``manifest.json`` (keeping other splits already there).
+
+    ``content`` is "features" or "audio"; audio shards have no feature statistics (the encoder never
+    ran) and record the stored audio format instead of a feature dtype.
+    """
     path = out / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
+    check_content(out, manifest, content)
     records = []
     for rank in range(world):
         state = out / STATE_DIR / f"{split}.rank{rank}-of{world}.json"
@@ -233,11 +254,16 @@ def write_manifest(out: Path, split: str, world: int, encoder_info, command: str
     mean, std = stats.mean_std()
     info = asdict(encoder_info)
     manifest.update(
-        tatk_version=__version__, command=command, feature_extractor=info.pop("feature_extractor"), encoder=info
+        tatk_version=__version__, command=command, content=content, feature_extractor=info.pop("feature_extractor"),
+        encoder=info,
     )
-    manifest.setdefault("splits", {})[split] = dict(
-        shards=shards, samples=sum(s["samples"] for s in shards), hours=sum(s["hours"] for s in shards),
-        frames=stats.n, skipped=skipped, stats=dict(mean=mean, std=std),
-    )
+    entry = dict(shards=shards, samples=sum(s["samples"] for s in shards), hours=sum(s["hours"] for s in shards),
+                 frames=sum(s["frames"] for s in shards), skipped=skipped)
+    if content == "audio":
+        del info["dtype"]  # no features stored; frame rate and dim say what the encoder will make of the audio
+        manifest["audio"] = dict(format="flac", subtype="PCM_16", sample_rate=SAMPLE_RATE, channels=1)
+    else:
+        entry["stats"] = dict(mean=mean, std=std)
+    manifest.setdefault("splits", {})[split] = entry
     atomic_write_text(path, json.dumps(manifest, indent=1))
     return manifest

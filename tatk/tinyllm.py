@@ -5,7 +5,7 @@ exactly like a Hub id, so training code never needs a "tiny" branch. The chat te
 (``<|im_start|>role\\n...<|im_end|>`` turns, an empty ``<think></think>`` block when
 ``enable_thinking=False``), which is the path the real models take through ``apply_chat_template``.
 
-    python -m tatk.tinyllm runs/tiny/llm        # what recipes/tiny.toml expects
+    python -m tatk.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer char --hidden 256 --layers 4
 """
 
 from __future__ import annotations
@@ -41,8 +41,20 @@ WORDS = (
 ).split()
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts`` and wrap it with Qwen3-style special tokens and template."""
+TOKENIZERS = ("bpe", "char")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe") -> PreTrainedTokenizerFast:
+    """Train a byte-level tokenizer on ``texts`` and wrap it with Qwen3-style special tokens and template.
+
+    ``kind="bpe"``: up to ``vocab_size`` tokens, merges learnt from ``texts`` (frequent words become one
+    token, as in a real LLM vocabulary). ``kind="char"``: the same byte-level BPE with no merges at all,
+    so every character is one token (longer targets, but each token is easier to hear).
+    """
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer kind must be one of {TOKENIZERS}, not {kind!r}")
+    if kind == "char":
+        vocab_size = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())  # alphabet only: no merge fits
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -58,29 +70,74 @@ def train_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokeni
 
 
 def build_tiny_llm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 0,
-                   texts: list[str] | None = None) -> Path:
-    """Save a seeded random Qwen3 causal LM and its tokenizer to ``out_dir``; return the folder.
+                   texts: list[str] | None = None, tokenizer: str = "bpe", bpe_vocab: int = 600) -> Path:
+    """Save a seeded random Qwen3 causal LM (``layers`` × ``hidden``, 4 heads) and its tokenizer to
+    ``out_dir``; return the folder.
 
-    The tokenizer is trained on ``texts`` (default: sentences of ``WORDS``), e.g. a corpus's transcripts.
+    The tokenizer (``tokenizer``: ``"bpe"`` with ``bpe_vocab`` tokens, or ``"char"``; see
+    ``train_tokenizer``) is trained on ``texts`` (default: sentences of ``WORDS``), e.g. a corpus's transcripts.
 
     The embedding has spare rows past the tokenizer, as Qwen3's does (151936 rows for ~151.7k tokens);
     ``vocab_size`` (0: tokenizer size + 11) sets the row count, e.g. 151936 to time a Qwen3-sized LM head.
     """
     out = Path(out_dir)
     texts = texts or [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
-    tokenizer = train_tokenizer(texts)
+    tok = train_tokenizer(texts, bpe_vocab, tokenizer)
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=vocab_size or len(tokenizer) + 11, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        vocab_size=vocab_size or len(tok) + 11, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=2048,
-        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         bos_token_id=None,
     )
     model = Qwen3ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+# SmolLM3's template reduced the same way. Like the real one it opens with a system block that writes
+# today's date ("Today Date: ..."), which tatk.model.render_prompt must strip, and with thinking disabled
+# it puts "/no_think" there and an empty think block after the assistant header.
+SMOLLM3_TEMPLATE = (
+    "{%- set today = strftime_now('%d %B %Y') -%}"
+    "{%- set mode = '/no_think' if enable_thinking is defined and enable_thinking is false else '/think' -%}"
+    "{{- '<|im_start|>system\\n## Metadata\\n\\nKnowledge Cutoff Date: June 2025\\nToday Date: ' + today + "
+    "'\\nReasoning Mode: ' + mode + '\\n\\n## Custom Instructions\\n\\nYou are a helpful AI assistant named "
+    "SmolLM, trained by Hugging Face.\\n\\n<|im_end|>\\n' }}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if mode == '/no_think' %}{{- '<think>\\n\\n</think>\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def build_tiny_smollm3(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 4,
+                       texts: list[str] | None = None) -> Path:
+    """Save a seeded random SmolLM3 causal LM (``layers`` × ``hidden``; RoPE skipped in every 4th layer and
+    tied embeddings, as in SmolLM3-3B) with a SmolLM3-style chat template to ``out_dir``; return the folder."""
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    out = Path(out_dir)
+    tok = train_tokenizer(texts or [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))])
+    tok.chat_template = SMOLLM3_TEMPLATE
+    torch.manual_seed(seed)
+    config = SmolLM3Config(
+        vocab_size=len(tok) + 11, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        no_rope_layers=[int((i + 1) % 4 != 0) for i in range(layers)],
+    )
+    model = SmolLM3ForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 
@@ -90,10 +147,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Save a tiny random Qwen3-style LLM and tokenizer.")
     parser.add_argument("out_dir", nargs="?", default="runs/tiny/llm")
     parser.add_argument("--corpus", type=Path, help="train the tokenizer on this folder's parquet `text` columns (lower-cased)")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size (4 attention heads)")
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="bpe")
+    parser.add_argument("--bpe-vocab", type=int, default=600, help="BPE vocabulary size (--tokenizer bpe)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     texts = None
     if args.corpus:
         import pyarrow.parquet as pq
 
         texts = [t.lower() for f in sorted(args.corpus.rglob("*train*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
-    print(build_tiny_llm(args.out_dir, texts=texts))
+    out = build_tiny_llm(args.out_dir, seed=args.seed, hidden=args.hidden, layers=args.layers, texts=texts,
+                         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab)
+    n = sum(p.numel() for p in Qwen3ForCausalLM.from_pretrained(out).parameters())
+    print(f"{out}: {n / 1e6:.2f}M parameters, {args.tokenizer} tokenizer")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 from rich.console import Console
 
 from tatk.batches import Codec, DataPosition, train_loader, val_batches
@@ -28,6 +28,8 @@ from tatk.errors import UserError
 from tatk.model import IGNORE, build_model
 from tatk.recipes import Recipe, render_recipe
 from tatk.shards import atomic_write_text, read_split
+from tatk.zero import configure as configure_deepspeed
+from tatk.zero import deepspeed_stage
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; an unknown GPU just gets no MFU column.
 PEAK_BF16 = {"A40": 149.7e12, "A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "L4": 121e12,
@@ -38,12 +40,14 @@ def param_groups(model, o) -> list[dict]:
     """AdamW groups for the trainable parameters only (frozen weights never reach the optimizer).
 
     Matrices decay; norm gains and biases do not (decaying them just shrinks the scale). LLM weights
-    (LoRA adapters or the full decoder) get their own, usually much lower, learning rate ``o.llm_lr``.
+    (LoRA adapters or the full decoder) get their own, usually much lower, learning rate ``o.llm_lr``,
+    and the encoder's LoRA adapters theirs, ``o.encoder_lr``.
     """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    part = lambda n: n.split(".", 1)[0] if n.startswith(("llm.", "encoder.")) else "adapter"  # noqa: E731
     groups = []
-    for name, in_llm, lr, norm_lr in (("adapter", False, o.lr, o.norm_lr), ("llm", True, o.llm_lr, o.llm_lr)):
-        mine = [p for n, p in trainable if n.startswith("llm.") == in_llm]
+    for name, lr, norm_lr in (("adapter", o.lr, o.norm_lr), ("llm", o.llm_lr, o.llm_lr), ("encoder", o.encoder_lr, o.encoder_lr)):
+        mine = [p for n, p in trainable if part(n) == name]
         groups += [{"name": f"{name}_matrices", "params": [p for p in mine if p.ndim >= 2], "lr": lr, "weight_decay": o.weight_decay},
                    {"name": f"{name}_norms_biases", "params": [p for p in mine if p.ndim < 2], "lr": norm_lr, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
@@ -69,29 +73,48 @@ def wandb_mode(setting: str) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator) -> dict:
-    """Validation loss over the held-out shards and WER of greedy transcripts, summed over ranks."""
-    import jiwer
+def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator, lockstep: bool = False) -> dict:
+    """Validation loss over the held-out shards and WER of greedy transcripts, summed over ranks.
+
+    ``lockstep`` (ZeRO-3 on several ranks, where every forward all-gathers weights from all ranks): ranks
+    run the same number of forwards and generate calls; a rank out of batches repeats its last one, uncounted.
+
+    WER is normalised exactly as `tatk eval` computes it (tatk/wer.py), so the two numbers mean the same."""
+    from tatk.wer import score
 
     model.eval()
     loss_sum, pairs = torch.zeros(2, device=accelerator.device), []
-    for i, batch in enumerate(val_batches(recipe, codec, accelerator.process_index, accelerator.num_processes)):
-        if recipe.eval.max_batches and i >= recipe.eval.max_batches:
+    stream = val_batches(recipe, codec, accelerator.process_index, accelerator.num_processes)
+    limit, i, batch = recipe.eval.max_batches or math.inf, 0, None
+    while True:
+        raw = next(stream, None) if i < limit else None
+        need = recipe.eval.wer_samples - len(pairs)
+        more, decode = raw is not None, raw is not None and need > 0
+        if lockstep:  # go on while any rank has a batch / still decodes
+            flags = accelerator.reduce(torch.tensor([more, decode], dtype=torch.float32, device=accelerator.device), "sum")
+            more, decode = bool(flags[0] > 0), bool(flags[1] > 0)
+            if more and raw is None and batch is None:
+                raise UserError(f"data.val: process {accelerator.process_index} got no held-out batch; "
+                                "use more held-out utterances than processes")
+        if not more:
             break
-        texts = batch["texts"]
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if torch.is_tensor(v)}
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        if raw is not None:
+            texts = raw["texts"]
+            batch = {k: v.to(accelerator.device) for k, v in raw.items() if torch.is_tensor(v)}
+        n = int((batch["labels"][:, 1:] != IGNORE).sum()) if raw is not None else 0
         with accelerator.autocast():
             loss_sum += torch.stack([model(batch).float() * n, torch.tensor(float(n), device=accelerator.device)])
-            need = recipe.eval.wer_samples - len(pairs)
-            if need > 0:
-                hyps = model.generate(batch["feats"][:need], batch["feat_lens"][:need], recipe.eval.max_new_tokens)
-                pairs += list(zip(texts[:need], hyps))
+            if decode:
+                k = max(need, 1)
+                hyps = model.generate(batch["feats"][:k], batch["feat_lens"][:k], recipe.eval.max_new_tokens)
+                if raw is not None and need > 0:
+                    pairs += list(zip(texts[:need], hyps))
+        i += 1
     model.train()
     loss_sum = accelerator.reduce(loss_sum, "sum")
     pairs = gather_object(pairs)
     return {"val_loss": (loss_sum[0] / loss_sum[1]).item(),
-            "wer": jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")}
+            "wer": score([r for r, _ in pairs], [h for _, h in pairs]).wer}
 
 
 def train(recipe: Recipe, resume: bool) -> None:
@@ -106,9 +129,15 @@ def train(recipe: Recipe, resume: bool) -> None:
         raise UserError(f"run.name: {run_dir} already has checkpoints; pass --resume or pick another run.name")
     cuda = torch.cuda.is_available()
     tracker = wandb_mode(recipe.log.wandb)
+    # DeepSpeed on CPU (the tests) has no NCCL: its process group must be told to use gloo
+    cpu_deepspeed = not cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     # bf16 autocast on GPU (tensor cores); exact fp32 on CPU, where bf16 is slow and breaks exact-loss tests
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", log_with="wandb" if tracker else None,
-                              project_dir=str(run_dir))
+                              project_dir=str(run_dir),
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None)
+    zero = deepspeed_stage(accelerator)  # None: DDP or one process; else the ZeRO stage (tatk/zero.py)
+    if zero is not None:
+        configure_deepspeed(accelerator, recipe)
     console = Console(quiet=not accelerator.is_main_process, highlight=False)
     set_seed(recipe.run.seed)
     recipe_text = render_recipe(recipe)
@@ -124,8 +153,11 @@ def train(recipe: Recipe, resume: bool) -> None:
     if recipe.model.init_from and not resume:  # stage chaining: start from the previous stage's weights
         load_weights(model, Path(recipe.model.init_from), allow_new=True)
         console.print(f"loaded trained weights from {recipe.model.init_from}")
+    if recipe.train.gradient_checkpointing:  # recompute LLM activations in backward: less memory, ~30% more compute
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = model.to(accelerator.device)
-    codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
+    codec = Codec(model.tokenizer, model.layout, model.projector.output_length,
+                  audio=model.encoder.inputs if model.encoder is not None else None)  # audio shards: prepare in workers
     n_llm = sum(p.numel() for p in model.llm.parameters())
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(model, o), betas=tuple(o.betas), fused=cuda)
@@ -143,7 +175,8 @@ def train(recipe: Recipe, resume: bool) -> None:
 
     start = 0
     if resume:
-        accelerator.load_state(str(found[-1]), strict=False)  # strict=False: the frozen LLM is not in it
+        # not strict: the frozen LLM is not in the checkpoint
+        accelerator.load_state(str(found[-1]), **({"strict": False} if zero is None else {"load_module_strict": False}))
         start = int(found[-1].name.split("-")[1])
         console.print(f"resumed from {found[-1]} (step {start})")
     if tracker:
@@ -169,18 +202,33 @@ def train(recipe: Recipe, resume: bool) -> None:
         for micro, batch in enumerate(micro_batches):
             window += torch.tensor([batch["n_samples"], batch["real_tokens"], batch["padded_tokens"], 0.0], dtype=torch.float64)
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            # gradients are all-reduced only on the last micro-batch: the others just accumulate locally
-            with accelerator.no_sync(model) if micro < t.grad_accum - 1 else nullcontext():
+            last_micro = micro == t.grad_accum - 1
+            if zero is not None:  # the engine reduces gradients (ZeRO-2/3: every micro-batch) up to this boundary
+                model.set_gradient_accumulation_boundary(last_micro)
+            # DDP all-reduces gradients only on the last micro-batch: the others just accumulate locally
+            with accelerator.no_sync(model) if not last_micro and zero is None else nullcontext():
                 loss = model(batch, reduction="sum") / n_labels
-                accelerator.backward(loss)
+                if zero is None:
+                    accelerator.backward(loss)
+                else:  # the loss is already scaled for the whole window: DeepSpeed must not divide it again
+                    model.backward(loss, scale_wrt_gas=False)
             loss_sum += loss.detach().float()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
         loss = accelerator.reduce(loss_sum, "mean")
-        if not (torch.isfinite(loss) and torch.isfinite(torch.as_tensor(grad_norm))):
-            last = checkpoints(ckpt_root)
-            raise UserError(f"loss is {loss.item()} (grad norm {float(grad_norm)}) at step {step}; stopped before "
-                            f"the update. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower optim.lr")
-        optimizer.step()
+
+        def stop(grad_norm, when: str):
+            if not (torch.isfinite(loss) and torch.isfinite(torch.as_tensor(grad_norm))):
+                last = checkpoints(ckpt_root)
+                raise UserError(f"loss is {loss.item()} (grad norm {float(grad_norm)}) at step {step}; stopped {when} "
+                                f"the update. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower optim.lr")
+        if zero is None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
+            stop(grad_norm, "before")
+            optimizer.step()
+        else:  # the engine clips (optim.grad_clip) and steps; its gradient norm is known only afterwards
+            stop(0.0, "before")
+            model.step()
+            grad_norm = float(model.get_global_grad_norm())
+            stop(grad_norm, "after")  # not saved: the last checkpoint stays the last good one
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         for b in micro_batches:
@@ -198,9 +246,11 @@ def train(recipe: Recipe, resume: bool) -> None:
             window.zero_()
             log(accelerator, console, run_dir, step, stats)
         if recipe.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-            log(accelerator, console, run_dir, step, evaluate(accelerator.unwrap_model(model), recipe, codec, accelerator))
+            log(accelerator, console, run_dir, step, evaluate(accelerator.unwrap_model(model), recipe, codec, accelerator,
+                                                              lockstep=zero == 3 and accelerator.num_processes > 1))
         if step % t.save_every == 0 or step == t.steps:
-            save_checkpoint(accelerator, position, recipe_text, ckpt_root, step, t.keep_checkpoints)
+            save_checkpoint(accelerator, position, recipe_text, ckpt_root, step, t.keep_checkpoints,
+                            accelerator.unwrap_model(model))
 
     # ---- finish
     accelerator.end_training()

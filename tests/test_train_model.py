@@ -10,7 +10,7 @@ from train_fixtures import prepare_tiny, tiny_recipe
 from tatk.batches import Codec, DataPosition, train_loader
 from tatk.errors import UserError
 from tatk.model import AUDIO_TOKEN, FeatureNorm, build_model, render_prompt
-from tatk.projectors import PROJECTORS, build_projector
+from tatk.hub.projectors import PROJECTORS, build_projector
 from tatk.recipes import load_recipe
 
 

@@ -79,7 +79,7 @@ def test_cli_validate_prints_resolved_recipe_and_one_line_errors(base, tmp_path)
 
 
 def test_shipped_recipes_parse():
-    for name in ("stage1.toml", "tiny.toml"):
+    for name in ("stage1.toml", "demo.toml"):
         with pytest.raises(UserError, match=r"path: shard folder|features"):  # shards are not made here
             load_recipe(ROOT / "recipes" / name, ["data.train.0.path=/nonexistent"])
     assert json.dumps  # keep import used

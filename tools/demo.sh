@@ -1,20 +1,65 @@
 #!/usr/bin/env bash
-# The main job, end to end on an embedded default, on a fresh machine (sets itself up first):
-#   1. synthesize a small espeak-ng corpus in LoquaciousSet's parquet schema (runs/demo/corpus);
-#   2. build a tiny random GLM-ASR-style encoder and Qwen3-style LLM with save_pretrained;
-#   3. shard train/dev/test through the encoder with `tatk shard` (shards/demo-glmasr);
-#   4. train the projector with `accelerate launch tatk train recipes/tiny.toml`.
-# Re-running resumes sharding (finished shards are kept) and starts a fresh training run.
+# The main job, end to end, on a fresh machine (sets itself up first; no GPU, nothing downloaded):
+#   1. synthesize train/dev/test speech with espeak-ng in LoquaciousSet's parquet schema ($DIR/corpus);
+#   2. build a tiny random GLM-ASR-style encoder and a tiny random Qwen3-style decoder, whose character
+#      tokenizer is trained on the training text, with save_pretrained ($DIR/encoder, $DIR/llm);
+#   3. `tatk shard` train/dev/test through the encoder ($SHARDS);
+#   4. `accelerate launch tatk train recipes/demo.toml` (projector + whole decoder) → $DIR/asr;
+#   5. `tatk eval` on the held-out test split, `tatk export`, `tatk report` → $DIR/asr/report/.
+# Sizes come from the environment (defaults: the full demo; the CI test runs a small one):
+#   DEMO_TRAIN DEMO_DEV DEMO_TEST (utterances), DEMO_STEPS (training steps; default: the recipe's),
+#   DEMO_SEED, DEMO_DIR (default runs/demo), DEMO_SHARDS (default shards/demo-glmasr),
+#   DEMO_SET (extra recipe overrides, space-separated section.key=value, e.g. "data.max_tokens=1024").
+# Re-running with the same sizes reuses the corpus, models and finished shards and retrains from scratch.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . tools/setup.sh
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[ -f runs/demo/corpus/README.md ] || python tools/synth_corpus.py runs/demo/corpus --layout parquet --train 400 --dev 40 --test 40 --seed 0
-[ -f runs/demo/encoder/config.json ] || python -m tatk.tiny glmasr runs/demo/encoder
-[ -f runs/demo/llm/config.json ] || python -m tatk.tinyllm runs/demo/llm --corpus runs/demo/corpus
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+DIR=${DEMO_DIR:-runs/demo}
+SHARDS=${DEMO_SHARDS:-shards/demo-glmasr}
+TRAIN=${DEMO_TRAIN:-6000} DEV=${DEMO_DEV:-100} TEST=${DEMO_TEST:-200} SEED=${DEMO_SEED:-0}
+RUN=$DIR/asr
+TIMES=()
+stage() {  # stage NAME COMMAND...: run it, note its wall time
+    local name=$1 start=$SECONDS
+    shift
+    echo "== $name: $*"
+    "$@"
+    TIMES+=("$name $((SECONDS - start))")
+}
+
+# A corpus of other sizes (or seed) invalidates everything built from it.
+sizes="train=$TRAIN dev=$DEV test=$TEST seed=$SEED"
+if [ "$(cat "$DIR/corpus/.sizes" 2>/dev/null)" != "$sizes" ]; then
+    rm -rf "$DIR/corpus" "$DIR/llm" "$SHARDS"
+    stage synthesize python tools/synth_corpus.py "$DIR/corpus" --layout parquet \
+        --train "$TRAIN" --dev "$DEV" --test "$TEST" --seed "$SEED"
+    echo "$sizes" > "$DIR/corpus/.sizes"
+fi
+[ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.tiny glmasr "$DIR/encoder"
+[ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
+    --tokenizer char --hidden 256 --layers 4
 for split in train dev test; do
-    tatk shard --dataset runs/demo/corpus --subset small --split "$split" --encoder runs/demo/encoder --out shards/demo-glmasr
+    stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \
+        --encoder "$DIR/encoder" --out "$SHARDS"
 done
-rm -rf runs/demo/tiny
-accelerate launch tatk train recipes/tiny.toml
-echo "shards: shards/demo-glmasr   run: runs/demo/tiny"
+
+# The recipe names runs/demo and shards/demo-glmasr; other folders or sizes are passed as overrides.
+overrides=()
+if [ "$DIR" != runs/demo ] || [ "$SHARDS" != shards/demo-glmasr ]; then
+    overrides+=(--set "run.out_dir=$DIR" --set "features.encoder=$DIR/encoder" --set "model.llm=$DIR/llm"
+                --set "data.train.0.path=$SHARDS" --set "data.val.path=$SHARDS")
+fi
+[ -z "${DEMO_STEPS:-}" ] || overrides+=(--set "train.steps=$DEMO_STEPS")
+for item in ${DEMO_SET:-}; do overrides+=(--set "$item"); done
+rm -rf "$RUN"
+stage train accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    tatk train recipes/demo.toml ${overrides[@]+"${overrides[@]}"}
+stage eval tatk eval "$RUN" --data "$SHARDS" --split test --out "$RUN/eval-test"
+stage export tatk export "$RUN" "$DIR/export" --eval "$RUN/eval-test/summary.json"
+stage report tatk report "$RUN" --eval "$RUN/eval-test"
+
+printf '%s\n' "${TIMES[@]}" | awk '{printf "%-14s %5d s\n", $1, $2; t += $2} END {printf "%-14s %5d s\n", "total", t}' \
+    | tee "$RUN/report/timings.txt"
+echo "report: $RUN/report/report.md (training.png, eval-summary.json)   exported model: $DIR/export"

@@ -1,0 +1,130 @@
+"""Frozen audio encoders: 16 kHz waveform → model input → (frames, dim) features.
+
+Work is split in two so the expensive part runs alone on the accelerator:
+
+- ``prepare(wave)`` is CPU work (log-mel, normalisation), done in data-loader workers;
+- ``encode(batch)`` runs the network on a batch of prepared inputs under ``torch.inference_mode``.
+
+Kinds: GLM-ASR-Nano's ``GlmAsrEncoder``, Whisper encoders, HuBERT / wav2vec2-style encoders, and
+``mel`` (log-mel frames, no network). ``tatk shard`` (``tatk.encoders.FrozenEncoder``) and the exported
+model's pipeline use this same code, so served features equal the stored ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+MODEL_TYPES = ("glmasr", "glmasr_encoder", "whisper") + WAVEFORM_TYPES
+
+
+def conv_out(n: int) -> int:
+    """Frames after Whisper/GLM-ASR's conv stem (k3 s1, then k3 s2, padding 1) for ``n`` mel frames."""
+    return (n - 1) // 2 + 1
+
+
+def encoder_kind(model_type: str) -> str:
+    """tatk's kind for a transformers ``model_type`` (GLM-ASR's composite and encoder-only types are one kind)."""
+    return "glmasr" if model_type.startswith("glmasr") else model_type
+
+
+def conv_layers(config) -> list[tuple[int, int]]:
+    """(kernel, stride) of a waveform encoder's conv feature extractor; empty for mel-based encoders."""
+    if getattr(config, "model_type", "") not in WAVEFORM_TYPES:
+        return []
+    return list(zip(config.conv_kernel, config.conv_stride))
+
+
+def load_audio_model(name: str, config, dtype: torch.dtype, **hub_kwargs) -> torch.nn.Module:
+    """The encoder network of checkpoint ``name`` (its ``config`` already loaded), taken out of a composite
+    speech-to-text model where the checkpoint is one (GLM-ASR, Whisper)."""
+    from transformers import AutoModel
+
+    kind = config.model_type
+    load = dict(dtype=dtype, **hub_kwargs)
+    if kind == "glmasr":
+        from transformers import GlmAsrForConditionalGeneration
+
+        return GlmAsrForConditionalGeneration.from_pretrained(name, **load).model.audio_tower
+    if kind == "glmasr_encoder":
+        from transformers import GlmAsrEncoder
+
+        return GlmAsrEncoder.from_pretrained(name, **load)
+    if kind == "whisper":
+        return AutoModel.from_pretrained(name, **load).get_encoder()
+    return AutoModel.from_pretrained(name, **load)
+
+
+def audio_model_from_config(config: dict) -> torch.nn.Module:
+    """An encoder network with the architecture of ``config`` (a ``to_dict()`` of the network's own config),
+    weights left to the caller (an exported model with every weight loads them after)."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    config = dict(config)
+    model_type = config.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, **config)
+    if model_type == "whisper":
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder(cfg)
+    if model_type == "glmasr_encoder":
+        return transformers.GlmAsrEncoder(cfg)
+    return AutoModel.from_config(cfg)
+
+
+class AudioEncoder:
+    """A frozen encoder's two halves. Subclasses or callers set ``kind``, ``extractor`` (a transformers
+    feature extractor), ``model`` (None for ``mel``), ``conv`` (see ``conv_layers``), ``device`` and
+    ``compute_dtype``."""
+
+    def __init__(self, kind: str, extractor, model: torch.nn.Module | None = None, conv: list | None = None,
+                 device: str | torch.device = "cpu", compute_dtype: torch.dtype = torch.float32):
+        self.kind, self.extractor, self.model, self.conv = kind, extractor, model, conv or []
+        self.device, self.compute_dtype = torch.device(device), compute_dtype
+
+    def prepare(self, wave: np.ndarray) -> np.ndarray:
+        """Model input for one 16 kHz waveform: log-mel (n_mels, T) or a normalised waveform (samples,).
+
+        Whisper and GLM-ASR pad every clip to 30 s (3000 mel frames), exactly as at inference, so a
+        clip's features do not depend on what else is in its batch; a mask row (n_mels + 1) marks the audio.
+        """
+        if self.kind in WAVEFORM_TYPES:
+            return self.extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0].astype(np.float32)
+        padding = "longest" if self.kind == "mel" else "max_length"
+        out = self.extractor(wave, sampling_rate=SAMPLE_RATE, padding=padding, return_attention_mask=True, return_tensors="np")
+        mel = out.input_features[0].astype(np.float32)
+        return mel if self.kind == "mel" else np.concatenate([mel, out.attention_mask[0][None].astype(np.float32)])
+
+    def n_frames(self, prepared: np.ndarray) -> int:
+        """Number of output frames that cover the audio of one prepared input."""
+        if self.kind == "mel":
+            return prepared.shape[1]
+        if self.kind in WAVEFORM_TYPES:
+            n = prepared.shape[0]
+            for kernel, stride in self.conv:  # as transformers' _get_feat_extract_output_lengths
+                n = (n - kernel) // stride + 1
+            return max(n, 0)
+        return conv_out(int(prepared[-1].sum()))
+
+    @torch.inference_mode()
+    def encode(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """Features for a batch of prepared inputs: a list of float32 arrays of shape (frames_i, dim)."""
+        lengths = [self.n_frames(p) for p in batch]
+        if self.kind == "mel":
+            return [p.T.copy() for p in batch]
+        if self.kind in WAVEFORM_TYPES:
+            longest = max(len(p) for p in batch)
+            x = torch.zeros(len(batch), longest)
+            mask = torch.zeros(len(batch), longest, dtype=torch.long)
+            for i, p in enumerate(batch):
+                x[i, : len(p)], mask[i, : len(p)] = torch.from_numpy(p), 1
+            kwargs = {"attention_mask": mask.to(self.device)} if self.extractor.return_attention_mask else {}
+            hidden = self.model(x.to(self.device, self.compute_dtype), **kwargs).last_hidden_state
+        else:
+            mel = torch.from_numpy(np.stack([p[:-1] for p in batch]))
+            hidden = self.model(mel.to(self.device, self.compute_dtype)).last_hidden_state
+        hidden = hidden.float().cpu().numpy()
+        return [hidden[i, :n] for i, n in enumerate(lengths)]

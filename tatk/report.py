@@ -1,0 +1,137 @@
+"""``tatk report``: a run's report folder, rebuilt from what the run already wrote.
+
+``<run>/report/`` holds
+
+- ``training.png``: training loss and validation WER / loss against optimizer steps, from
+  ``<run>/metrics.jsonl`` (the records ``tatk train`` appends);
+- ``eval-summary.json``: a copy of ``tatk eval``'s ``summary.json`` (WER, utterances, audio hours, RTFx);
+- ``report.md``: the headline numbers, the plot, and the 10 worst and 10 best utterances (reference
+  vs hypothesis) from ``tatk eval``'s ``utterances.jsonl``.
+
+Nothing is recomputed: re-running the command on the same logs gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tatk.errors import UserError, first_line
+from tatk.shards import atomic_write_text
+
+N_SHOWN = 10  # worst and best utterances listed
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``<run>/metrics.jsonl``, in the order written (a resumed run appends again)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (not a tatk run folder, or training never logged a step)")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON lines ({first_line(e)})") from None
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key``; a step logged twice (a resumed run redoing it) keeps its last value."""
+    last = {r["step"]: r[key] for r in records if key in r}
+    steps = sorted(last)
+    return steps, [last[s] for s in steps]
+
+
+def plot_training(records: list[dict], out: Path) -> Path:
+    """Training loss (left) and validation WER and loss (right) against steps, written as a PNG to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    steps, loss = _series(records, "loss")
+    left.plot(steps, loss, color="tab:blue")
+    left.set(title="training loss", xlabel="step", ylabel="cross-entropy per token")
+    left.grid(alpha=0.3)
+    steps, wer = _series(records, "wer")
+    right.plot(steps, [100 * w for w in wer], "o-", color="tab:red", label="validation WER")
+    right.set(title="validation", xlabel="step", ylabel="WER (%)")
+    right.set_ylim(bottom=0)
+    right.grid(alpha=0.3)
+    steps, val_loss = _series(records, "val_loss")
+    if val_loss:
+        twin = right.twinx()
+        twin.plot(steps, val_loss, "s--", color="tab:gray", label="validation loss")
+        twin.set_ylabel("validation loss")
+        right.legend(handles=right.get_lines() + twin.get_lines(), loc="upper right")
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def find_eval(run_dir: Path) -> Path | None:
+    """The newest ``tatk eval`` output folder inside the run: ``<run>/eval*/`` or ``<run>/checkpoints/*/eval-*/``."""
+    found = [p.parent for pattern in ("eval*/summary.json", "checkpoints/*/eval-*/summary.json")
+             for p in Path(run_dir).glob(pattern)]
+    return max(found, key=lambda p: (p / "summary.json").stat().st_mtime) if found else None
+
+
+def _read_eval(eval_dir: Path) -> tuple[dict, list[dict]]:
+    try:
+        summary = json.loads((eval_dir / "summary.json").read_text())
+        rows = [json.loads(line) for line in (eval_dir / "utterances.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--eval {eval_dir}: not a readable `tatk eval` output folder ({first_line(e)})") from None
+    return summary, rows
+
+
+def _table(rows: list[dict]) -> list[str]:
+    cell = lambda s: str(s).replace("|", "\\|") or "∅"  # an empty hypothesis stays visible
+    lines = ["| id | errors / words | reference | hypothesis |", "|---|---|---|---|"]
+    lines += [f"| {r['id']} | {r['errors']} / {r.get('ref_words', '?')} | {cell(r['reference'])} | {cell(r['hypothesis'])} |"
+              for r in rows]
+    return lines
+
+
+def write_report(run_dir: str | Path, eval_dir: str | Path | None = None) -> Path:
+    """Write ``<run>/report/`` (see the module docstring) and return its path.
+
+    ``eval_dir`` is a ``tatk eval`` output folder; None takes the newest one inside the run (see
+    ``find_eval``), and with none at all the report holds the training curves only.
+    """
+    run = Path(run_dir)
+    records = read_metrics(run)
+    out = run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_training(records, out / "training.png")
+    eval_path = Path(eval_dir) if eval_dir is not None else find_eval(run)
+    if eval_dir is not None and not eval_path.is_dir():
+        raise UserError(f"--eval {eval_path}: no such folder")
+
+    steps, loss = _series(records, "loss")
+    lines = [f"# Report: {run}", ""]
+    if loss:
+        lines.append(f"Training: {steps[-1]} steps, loss {loss[0]:.3f} at step {steps[0]} → {loss[-1]:.3f} "
+                     f"at step {steps[-1]}.")
+    wsteps, wer = _series(records, "wer")
+    if wer:
+        lines.append(f"Validation WER during training: {100 * wer[-1]:.1f} % at step {wsteps[-1]} "
+                     f"(best {100 * min(wer):.1f} %).")
+    lines += ["", "![training loss and validation WER](training.png)", ""]
+    if eval_path is None:
+        lines.append("No `tatk eval` output found: run `tatk eval` and then `tatk report RUN --eval DIR`.")
+    else:
+        summary, rows = _read_eval(eval_path)
+        atomic_write_text(out / "eval-summary.json", json.dumps(summary, indent=1) + "\n")
+        worst = sorted(rows, key=lambda r: -r["errors"])[:N_SHOWN]  # stable: ties keep eval's order
+        best = sorted(rows, key=lambda r: r["errors"])[:N_SHOWN]
+        lines += [f"## Evaluation: {summary.get('data', '?')} split {summary.get('split', '?')} ({eval_path})", "",
+                  (f"WER **{100 * summary['wer']:.2f} %** on {summary['n']} utterances "
+                   f"({summary.get('audio_hours', 0) * 3600:.0f} s of audio), "
+                   f"{summary.get('rtfx', float('nan')):.3g}× real time on {summary.get('device', '?')}."), "",
+                  f"### {N_SHOWN} worst utterances", "", *_table(worst), "",
+                  f"### {N_SHOWN} best utterances", "", *_table(best), ""]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,334 @@
+"""`tatk export` / `tatk push`: the exported folder loads with transformers.pipeline(trust_remote_code=True) in a
+fresh offline process and transcribes exactly as tatk's own model does on stored (float32) features."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+import torch
+import yaml
+from conftest import run_tatk
+
+SR = 16_000
+
+# Runs in a fresh interpreter, as a user would: only transformers and the exported folder.
+PIPELINE_JOBS = r"""
+import json, sys
+import numpy as np
+from transformers import pipeline
+
+spec = json.load(open(sys.argv[1]))
+pipe = pipeline("automatic-speech-recognition", model=spec["model"], trust_remote_code=True)
+
+def load(d):
+    if "path" in d:
+        return d["path"]
+    if "bytes" in d:
+        return open(d["bytes"], "rb").read()
+    return {"raw": np.load(d["npy"]), "sampling_rate": d["sr"]}
+
+results = {}
+for name, job in spec["jobs"].items():
+    inputs = [load(d) for d in job["inputs"]]
+    if job.get("batch_size"):
+        results[name] = pipe(inputs, batch_size=job["batch_size"], **job.get("kwargs", {}))
+    else:
+        results[name] = [pipe(x, **job.get("kwargs", {})) for x in inputs]
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def run_pipeline(model: Path, jobs: dict, tmp: Path) -> dict:
+    """Run PIPELINE_JOBS in a fresh offline process; {job: [pipeline outputs]}."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "jobs.py").write_text(PIPELINE_JOBS)
+    (tmp / "spec.json").write_text(json.dumps({"model": str(model), "jobs": jobs}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp / "modules")}
+    proc = subprocess.run([sys.executable, str(tmp / "jobs.py"), str(tmp / "spec.json"), str(tmp / "out.json")],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((tmp / "out.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def clips(asr_run, tmp_path_factory) -> dict:
+    """The corpus's test clips: ids, encoded files (their original formats and rates) and 16 kHz waves."""
+    import pyarrow.parquet as pq
+
+    from tatk.audio import decode
+
+    root = tmp_path_factory.mktemp("clips")
+    ids, files, waves = [], [], []
+    for f in sorted(asr_run["corpus"].rglob("*test*.parquet")):
+        for row in pq.read_table(f, columns=["ID", "wav"]).to_pylist():
+            path = root / row["wav"]["path"]
+            path.write_bytes(row["wav"]["bytes"])
+            ids.append(row["ID"])
+            files.append(path)
+            waves.append(decode(path))
+    return {"ids": ids, "files": files, "waves": waves, "root": root}
+
+
+@pytest.fixture(scope="module")
+def trained(asr_run):
+    from tatk.checkpoint import load_trained
+
+    return load_trained(asr_run["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
+    """Transcripts of the test clips by an independent path: `tatk shard --dtype float32` (stored features equal
+    the live encoder's) read back from the tars, then tatk's own SpeechLM.generate."""
+    import webdataset as wds
+
+    from tatk.shards import shard_paths
+
+    out = tmp_path_factory.mktemp("f32") / "shards"
+    run_tatk("shard", "--dataset", asr_run["corpus"], "--subset", "small", "--split", "test", "--encoder",
+             asr_run["encoder"], "--out", out, "--dtype", "float32")
+    feats = {}
+    for sample in wds.WebDataset(shard_paths(out, "test"), shardshuffle=False, empty_check=False):
+        feats[json.loads(sample["json"])["id"]] = np.load(io.BytesIO(sample["feats.npy"]))
+    assert sorted(feats) == sorted(clips["ids"])
+    recipe, model = trained
+    return [_generate(model, [feats[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
+
+
+def _generate(model, feats: list[np.ndarray], max_new: int) -> list[str]:
+    x = torch.zeros(len(feats), max(len(f) for f in feats), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        x[i, : len(f)] = torch.from_numpy(f.astype(np.float32))
+    return model.generate(x, torch.tensor([len(f) for f in feats]), max_new)
+
+
+@pytest.fixture(scope="module")
+def summary_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("eval") / "summary.json"
+    path.write_text(json.dumps({"wer": 0.4321, "n": 4, "audio_hours": 0.003, "rtfx": 12.5, "data": "tiny-test", "split": "test"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(asr_run, summary_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "tiny-asr"
+    run_tatk("export", asr_run["checkpoint"], out, "--eval", summary_file, "--license", "mit")
+    return out
+
+
+def long_input(clips, gap_s: float = 1.0, total_s: float = 70.0) -> np.ndarray:
+    """Test clips repeated, with ``gap_s`` of silence between them, to at least ``total_s`` seconds."""
+    parts, k = [], 0
+    while sum(map(len, parts)) < total_s * SR:
+        parts += [clips["waves"][k % len(clips["waves"])], np.zeros(int(gap_s * SR), np.float32)]
+        k += 1
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def pipeline_results(exported, clips, tmp_path_factory) -> dict:
+    """Every input form through the exported folder in one fresh offline process."""
+    root = tmp_path_factory.mktemp("jobs")
+    arrays = {}
+    for i, w in enumerate(clips["waves"]):
+        for sr in (8000, 44100):
+            np.save(root / f"{i}-{sr}.npy", soxr.resample(w, SR, sr, quality="HQ").astype(np.float32))
+            # what the pipeline must do with it: back to 16 kHz (the test does it here, by hand)
+            back = soxr.resample(np.load(root / f"{i}-{sr}.npy"), sr, SR, quality="HQ").astype(np.float32)
+            np.save(root / f"{i}-{sr}-back.npy", back)
+            arrays.setdefault(sr, []).append(i)
+    long = long_input(clips)
+    np.save(root / "long.npy", long)
+    files = [str(f) for f in clips["files"]]
+    n = len(files)
+    jobs = {
+        "paths": {"inputs": [{"path": f} for f in files]},
+        "bytes_batched": {"inputs": [{"bytes": f} for f in files], "batch_size": 4},
+        "paths_batched_3": {"inputs": [{"path": f} for f in files], "batch_size": 3},
+        "at_8k": {"inputs": [{"npy": str(root / f"{i}-8000.npy"), "sr": 8000} for i in range(n)], "batch_size": 4},
+        "at_8k_back": {"inputs": [{"npy": str(root / f"{i}-8000-back.npy"), "sr": SR} for i in range(n)]},
+        "at_44k": {"inputs": [{"npy": str(root / f"{i}-44100.npy"), "sr": 44100} for i in range(n)]},
+        "at_44k_back": {"inputs": [{"npy": str(root / f"{i}-44100-back.npy"), "sr": SR} for i in range(n)], "batch_size": 4},
+        "long": {"inputs": [{"npy": str(root / "long.npy"), "sr": SR}], "kwargs": {"return_timestamps": True}},
+    }
+    return run_pipeline(exported, jobs, root / "run")
+
+
+def test_export_folder_is_hub_ready(exported):
+    config = json.loads((exported / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_tatk.TatkAsrModel"
+    assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_tatk.TatkAsrPipeline"
+    for f in ("modeling_tatk.py", "configuration_tatk.py", "pipeline_tatk.py", "preprocessor_config.json", "tokenizer_config.json"):
+        assert (exported / f).is_file(), f
+    from safetensors.torch import load_file
+
+    weights = load_file(str(exported / "model.safetensors"))
+    # decoder = "full" in asr_run: projector + decoder; never the frozen encoder
+    assert any(k.startswith("projector.") for k in weights) and any(k.startswith("llm.") for k in weights)
+    assert not any(k.startswith("encoder.") for k in weights)
+    assert config["llm_revision"].startswith("sha256:") and config["encoder_revision"].startswith("sha256:")
+    from transformers import AutoTokenizer
+
+    assert "<|audio|>" in AutoTokenizer.from_pretrained(exported).get_vocab()
+    card = (exported / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["pipeline_tag"] == "automatic-speech-recognition" and meta["license"] == "mit"
+    metric = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["type"] == "wer" and metric["value"] == pytest.approx(43.21)
+
+
+def test_pipeline_equals_tatk_on_stored_features(pipeline_results, reference):
+    assert any(reference), "every reference transcript is empty: the check would be vacuous"
+    assert [r["text"] for r in pipeline_results["paths"]] == reference
+
+
+def test_batched_equals_one_at_a_time(pipeline_results, reference):
+    assert [r["text"] for r in pipeline_results["bytes_batched"]] == reference
+    assert [r["text"] for r in pipeline_results["paths_batched_3"]] == reference
+
+
+def test_other_sampling_rates_are_resampled(pipeline_results, reference):
+    assert [r["text"] for r in pipeline_results["at_8k"]] == [r["text"] for r in pipeline_results["at_8k_back"]]
+    assert [r["text"] for r in pipeline_results["at_44k"]] == [r["text"] for r in pipeline_results["at_44k_back"]]
+
+
+def test_long_audio_is_cut_in_pauses_and_joined(pipeline_results, clips, trained):
+    from tatk.encoders import FrozenEncoder
+
+    (result,) = pipeline_results["long"]
+    long = long_input(clips)
+    spans = [tuple(c["timestamp"]) for c in result["chunks"]]
+    assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == pytest.approx(len(long) / SR)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end == start
+        around = long[round(end * SR) - SR // 20: round(end * SR) + SR // 20]  # ±50 ms
+        assert np.abs(around).max() < 0.01 * np.abs(long).max(), f"cut at {end:.2f}s is not in a pause"
+    assert all(e - s <= 30.0 for s, e in spans)
+    # independent: tatk's encoder + SpeechLM on each chunk the pipeline cut, transcripts joined
+    recipe, model = trained
+    encoder = FrozenEncoder(str(recipe.features.encoder), dtype="float32")
+    texts = []
+    for s, e in spans:
+        (feats,) = encoder.encode([encoder.prepare(long[round(s * SR): round(e * SR)])])
+        texts.append(_generate(model, [feats], recipe.eval.max_new_tokens)[0])
+    assert [c["text"] for c in result["chunks"]] == texts
+    assert result["text"] == " ".join(t for t in texts if t)
+
+
+def _relocated_checkpoint(asr_run, root: Path, **recipe_edits) -> tuple[Path, dict]:
+    """A copy of the asr_run checkpoint whose recipe points at copies of the encoder and LLM folders."""
+    base = {"encoder": root / "encoder", "llm": root / "llm"}
+    shutil.copytree(asr_run["encoder"], base["encoder"])
+    shutil.copytree(asr_run["llm"], base["llm"])
+    ckpt = root / "ckpt"
+    shutil.copytree(asr_run["checkpoint"], ckpt)
+    text = (ckpt / "recipe.toml").read_text()
+    text = text.replace(json.dumps(str(asr_run["encoder"])), json.dumps(str(base["encoder"])))
+    text = text.replace(json.dumps(str(asr_run["llm"])), json.dumps(str(base["llm"])))
+    for old, new in recipe_edits.items():
+        text = text.replace(old, new)
+    (ckpt / "recipe.toml").write_text(text)
+    return ckpt, base
+
+
+def test_merged_works_without_base_models(asr_run, clips, reference, tmp_path):
+    ckpt, base = _relocated_checkpoint(asr_run, tmp_path)
+    assert str(base["llm"]) in (ckpt / "recipe.toml").read_text()
+    out = tmp_path / "merged"
+    run_tatk("export", ckpt, out, "--merged")
+    shutil.rmtree(base["encoder"])
+    shutil.rmtree(base["llm"])
+    results = run_pipeline(out, {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}, tmp_path / "run")
+    assert [r["text"] for r in results["paths"]] == reference
+
+
+def test_lora_export_equals_peft(asr_run, tmp_path):
+    """A LoRA checkpoint: the export (adapters merged at load, no peft) gives the PEFT model's logits and transcripts."""
+    from tatk.checkpoint import load_trained
+    from tatk.export import export
+    from tatk.hub.modeling_tatk import TatkAsrModel
+    from tatk.shards import shard_paths
+
+    sets = {"model.decoder": "lora", "run.name": "lora", "run.out_dir": str(tmp_path / "runs"), "lora.r": 4,
+            "lora.alpha": 16, "lora.dropout": 0.0, "train.steps": 3, "train.save_every": 3, "optim.llm_lr": 0.05}
+    run_tatk("train", asr_run["checkpoint"] / "recipe.toml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    ckpt = tmp_path / "runs" / "lora"
+    export(ckpt, tmp_path / "export")  # in-process: the CLI path is covered above
+
+    rec, peft_model = load_trained(ckpt)
+    assert rec.model.decoder == "lora" and rec.lora.r == 4
+    ours = TatkAsrModel.from_pretrained(tmp_path / "export")
+    assert "peft" not in type(ours.llm).__module__
+    b = [m.lora_B["default"].weight for m in peft_model.llm.modules() if hasattr(m, "lora_B") and "default" in m.lora_B]
+    assert b and all(w.abs().sum() > 0 for w in b), "adapters untrained: the comparison would be vacuous"
+
+    import webdataset as wds
+
+    sample = next(iter(wds.WebDataset(shard_paths(asr_run["shards"], "test"), shardshuffle=False, empty_check=False)))
+    feats = torch.from_numpy(np.load(io.BytesIO(sample["feats.npy"])).astype(np.float32))[None]
+    lens = torch.tensor([feats.shape[1]])
+    lay = peft_model.layout
+    ids = torch.tensor([lay.prefix + [lay.audio_id] * peft_model.projector.output_length(int(lens[0])) + lay.suffix])
+    with torch.no_grad():
+        want = peft_model.llm(inputs_embeds=peft_model.embed(ids, feats, lens)).logits
+        got = ours.llm(inputs_embeds=ours.embed(ids, feats, lens)).logits
+        base = peft_model.llm.get_base_model()
+        with peft_model.llm.disable_adapter():
+            without = base(inputs_embeds=peft_model.embed(ids, feats, lens)).logits
+    assert (want - without).abs().max() > 1e-3, "adapters change nothing: the comparison would be vacuous"
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    text = peft_model.generate(feats, lens, 24)
+    got_ids = ours.transcribe([feats[0].numpy()], 24)
+    assert peft_model.tokenizer.batch_decode(got_ids, skip_special_tokens=True)[0].strip() == text[0]
+
+
+def test_bad_checkpoints_fail_with_one_line(asr_run, tmp_path):
+    from tatk.errors import UserError
+    from tatk.export import export
+
+    bad = tmp_path / "bad"
+    shutil.copytree(asr_run["checkpoint"], bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    proc = run_tatk("export", bad, tmp_path / "out", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "model.safetensors" in proc.stderr
+    with pytest.raises(UserError, match="no such checkpoint") as e:
+        export(tmp_path / "missing", tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_dry_run_lists_files_and_rejects_bad_folders(exported, tmp_path):
+    from tatk.errors import UserError
+    from tatk.export import push
+
+    proc = run_tatk("push", exported, "someone/tiny-asr", "--dry-run")
+    assert "model.safetensors" in proc.stdout and "modeling_tatk.py" in proc.stdout and "would upload" in proc.stdout
+    assert f"{(exported / 'model.safetensors').stat().st_size:,}" in proc.stdout
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "modeling_tatk.py").unlink()
+    garbled = tmp_path / "garbled"
+    shutil.copytree(exported, garbled)
+    (garbled / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    for folder, why in ((broken, "missing modeling_tatk.py"), (garbled, "cannot read weights"), (tmp_path / "nothing", "no such folder")):
+        with pytest.raises(UserError, match=why) as e:
+            push(folder, "someone/tiny-asr", dry_run=True)
+        assert "\n" not in str(e.value)
+
+
+def test_push_offline_fails_with_one_line(exported):
+    proc = run_tatk("push", exported, "someone/tiny-asr", check=False, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_x"})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error:") and "hf_secret_x" not in proc.stderr + proc.stdout
