@@ -122,3 +122,26 @@ def test_two_cpu_processes_disjoint_samples_identical_weights(base, tmp_path):
     w0, w1 = (torch.load(tmp_path / f"weights-{r}.pt") for r in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     assert "2 process(es)" in done.stdout + done.stderr
+
+
+def test_next_stage_with_frozen_projector_is_self_contained(base, reference, tmp_path):
+    """Stage 2 (LoRA, projector frozen) from the stage-1 run: its checkpoint alone rebuilds the whole model,
+    with stage 1's projector (not a fresh random one) and the new, trained adapters."""
+    from safetensors.torch import load_file
+
+    from tatk.checkpoint import load_trained
+
+    stage1 = reference / "checkpoints" / f"step-{STEPS:06d}"
+    extra = {"model": {"llm": str(base / "llm"), "decoder": "lora", "init_from": str(stage1)},
+             "projector": {"kind": "mlp", "stack": 2, "hidden": 64, "train": False},
+             "optim": {"lr": 3e-3, "norm_lr": 3e-3, "warmup_steps": 1, "llm_lr": 1e-2},
+             "train": {"steps": 3, "log_every": 1, "save_every": 3, "eval_every": 0}}
+    (tmp_path / "s2.toml").write_text(tiny_recipe(base, tmp_path / "stage2", **extra) + "[lora]\nr = 4\nalpha = 8\n")
+    tatk_train(tmp_path / "s2.toml")
+    first = load_file(str(stage1 / "model.safetensors"))
+    _, model = load_trained(tmp_path / "stage2")
+    state = model.state_dict()
+    projector = {k: v for k, v in first.items() if k.startswith("projector.")}
+    assert projector and all(torch.equal(state[k], v) for k, v in projector.items())
+    lora_b = [v for k, v in state.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
