@@ -201,6 +201,19 @@ def test_audio_eval_matches_the_pipeline_and_shard_mode(asr_run, shard_eval, tmp
     assert summary["audio_hours"] == pytest.approx(sum(r["duration"] for r in rows.values()) / 3600, rel=1e-4)
 
 
+def test_audio_eval_of_an_export_folder_matches_its_checkpoint(asr_run, shard_eval, tmp_path):
+    """MODEL may be an export folder (what `tatk push` uploads): same transcripts as the checkpoint it came from."""
+    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.export import export
+
+    folder = export(asr_run["checkpoint"], tmp_path / "export")
+    summary = run_eval(EvalOptions(model=str(folder), dataset=str(asr_run["corpus"]), subset="small", split="test",
+                                   batch_size=2, out=tmp_path / "out"))
+    rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (tmp_path / "out" / "utterances.jsonl").read_text().splitlines())}
+    shard_rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (shard_eval[0] / "utterances.jsonl").read_text().splitlines())}
+    assert summary["mode"] == "audio" and summary["step"] is None and rows == shard_rows
+
+
 def test_audio_eval_skips_bad_rows_by_reason(asr_run, speech, tmp_path):
     from tatk.evaluation import EvalOptions, run_eval
 
