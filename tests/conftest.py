@@ -58,6 +58,8 @@ def asr_run(tiny_encoders, speech, tmp_path_factory) -> dict[str, Path]:
     """
     import pyarrow.parquet as pq
 
+    from train_fixtures import asr_recipe
+
     from tatk.tinyllm import build_tiny_llm
 
     root = tmp_path_factory.mktemp("asr")
@@ -67,38 +69,7 @@ def asr_run(tiny_encoders, speech, tmp_path_factory) -> dict[str, Path]:
     for split in ("train", "test"):
         run_tatk("shard", "--dataset", corpus, "--subset", "small", "--split", split, "--encoder", encoder, "--out", shards)
     recipe = root / "recipe.toml"
-    recipe.write_text(f"""
-[run]
-name = "asr"
-out_dir = "{root / 'runs'}"
-[features]
-encoder = "{encoder}"
-dim = 64
-[model]
-llm = "{llm}"
-decoder = "full"
-[projector]
-stack = 4
-hidden = 64
-[[data.train]]
-path = "{shards}"
-[data]
-max_tokens = 2048
-group_size = 8
-shuffle_buffer = 8
-round_shards = 1
-workers = 0
-[optim]
-lr = 2e-3
-llm_lr = 1e-3
-warmup_steps = 2
-[train]
-steps = 6
-save_every = 6
-log_every = 3
-[log]
-wandb = "off"
-""")
+    recipe.write_text(asr_recipe(root / "runs" / "asr", encoder, llm, shards, steps=6))
     run_tatk("train", recipe)
     run = root / "runs" / "asr"
     return {"corpus": corpus, "encoder": encoder, "llm": llm, "shards": shards, "run": run,

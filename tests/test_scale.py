@@ -7,7 +7,6 @@ validation pass (loss + greedy decoding) at the end. A launch takes ~30 s on 2 i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import prepare_tiny, tiny_recipe
+from train_fixtures import metrics, prepare_tiny, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
@@ -32,13 +31,6 @@ TOL = 1e-5
 BACKENDS = {"ddp": ["--multi_gpu"], "zero2": ["--config_file", "accelerate/zero2.yaml"],
             "zero3": ["--config_file", "accelerate/zero3.yaml"]}
 
-
-def metrics(run: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out.setdefault(rec["step"], {}).update(rec)
-    return out
 
 
 def accelerate_launch(backend: str, recipe: Path, port: int, *args: str) -> subprocess.CompletedProcess:

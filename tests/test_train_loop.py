@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import prepare_tiny, tiny_recipe
+from train_fixtures import metrics, prepare_tiny, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
@@ -23,13 +23,6 @@ LOOP = {"train": {"steps": STEPS, "log_every": 1, "save_every": 10, "eval_every"
 # data order, the model or the optimizer changed: update deliberately.
 EXPECTED = {1: 6.222274303436279, 40: 6.02297830581665}
 
-
-def metrics(run: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out.setdefault(rec["step"], {}).update(rec)
-    return out
 
 
 def tatk_train(recipe: Path, *args: str, wait: bool = True):

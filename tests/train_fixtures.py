@@ -68,6 +68,52 @@ def write_shards(out: Path, n_samples: int = 96, n_shards: int = 4, split: str =
     return out
 
 
+def asr_recipe(run_dir: Path, encoder: Path, llm: Path, shards: Path, steps: int, group_size: int = 8) -> str:
+    """TOML of a tiny recognizer (projector + full tiny decoder) trained on real shards of a tiny GLM-ASR-style
+    encoder (dim 64), as the `asr_run` fixture and tools/bench_eval.py build it."""
+    return f"""
+[run]
+name = "{run_dir.name}"
+out_dir = "{run_dir.parent}"
+[features]
+encoder = "{encoder}"
+dim = 64
+[model]
+llm = "{llm}"
+decoder = "full"
+[projector]
+stack = 4
+hidden = 64
+[[data.train]]
+path = "{shards}"
+[data]
+max_tokens = 2048
+group_size = {group_size}
+shuffle_buffer = {group_size}
+round_shards = 1
+workers = 0
+[optim]
+lr = 2e-3
+llm_lr = 1e-3
+warmup_steps = 2
+[train]
+steps = {steps}
+save_every = {steps}
+log_every = 3
+[log]
+wandb = "off"
+"""
+
+
+def metrics(run: Path) -> dict[int, dict]:
+    """A run's metrics.jsonl as {step: {key: value}} (training and validation records merged)."""
+    out: dict[int, dict] = {}
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec["step"], {}).update(rec)
+    return out
+
+
 def prepare_tiny(root: Path) -> Path:
     """The training tests' learnable fixtures under ``root``/runs/tiny: a tiny LLM and synthetic shard sets."""
     base = Path(root) / "runs" / "tiny"
