@@ -11,7 +11,7 @@ fi
 . .venv/bin/activate
 stamp=.venv/.tatk-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    python -m pip install -q --upgrade pip
+    python -m pip install -q --upgrade pip setuptools
     if ! python -c "import torch" 2>/dev/null; then
         # Install torch on its own first: on a machine without a GPU the CPU build keeps the
         # environment small; tatk's own range (torch>=2.4) is then already satisfied and pip
@@ -21,6 +21,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         else
             python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
         fi
+    fi
+    if ! python -c "import deepspeed" 2>/dev/null; then
+        # DeepSpeed ships as an sdist whose setup.py imports torch: build it against the torch installed
+        # above (an isolated build would fetch its own, possibly multi-GB CUDA, torch). No CUDA ops are
+        # compiled ahead of time; ZeRO on CPU (the tests) and on GPU builds what it needs at run time.
+        python -m pip install -q --no-build-isolation "deepspeed>=0.15"
     fi
     python -m pip install -q -e ".[dev]"
     touch "$stamp"
