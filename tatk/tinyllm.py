@@ -90,7 +90,11 @@ def build_tiny_llm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers:
         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         bos_token_id=None,
     )
-    model = Qwen3ForCausalLM(config)
+    return _save(Qwen3ForCausalLM(config), tok, out)
+
+
+def _save(model, tok, out: Path) -> Path:
+    """Save ``model`` with generation stopping at the tokenizer's end-of-reply token, and ``tok``, to ``out``."""
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
@@ -133,12 +137,7 @@ def build_tiny_smollm3(out_dir: str | Path, seed: int = 0, hidden: int = 64, lay
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
         no_rope_layers=[int((i + 1) % 4 != 0) for i in range(layers)],
     )
-    model = SmolLM3ForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return _save(SmolLM3ForCausalLM(config), tok, out)
 
 
 if __name__ == "__main__":
