@@ -53,8 +53,8 @@ def shard(
     Re-running the same command resumes: finished shards are verified and kept, the rest are redone.
     Under ``accelerate launch`` each process takes every N-th utterance and writes its own shards.
     """
-    from tatk.corpus import CorpusSpec
-    from tatk.shard import ShardConfig, run_shard
+    from tatk.data.corpus import CorpusSpec
+    from tatk.shard.run import ShardConfig, run_shard
 
     corpus = CorpusSpec(
         dataset=dataset, subset=subset, local=local, split=split, audio_column=audio_column, text_column=text_column,
@@ -78,8 +78,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = False,
 ) -> None:
     """Train from shards with Accelerate: ``accelerate launch tatk train recipes/stage1.toml``."""
-    from tatk.recipes import load_recipe
-    from tatk.train import train as run_train
+    from tatk.train.recipe import load_recipe
+    from tatk.train.loop import train as run_train
 
     try:
         run_train(load_recipe(recipe, set_ or []), resume=resume)
@@ -93,7 +93,7 @@ def validate(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field (repeatable).")] = None,
 ) -> None:
     """Check a recipe against its shards and print it fully resolved."""
-    from tatk.recipes import load_recipe, render_recipe
+    from tatk.train.recipe import load_recipe, render_recipe
 
     try:
         print(render_recipe(load_recipe(recipe, set_ or [])))
@@ -120,8 +120,8 @@ def eval_(
 
     Writes utterances.jsonl (most errors first) and summary.json. With --compare A B: two summaries side by side.
     """
-    from tatk.comparison import compare as compare_summaries
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.compare import compare as compare_summaries
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     try:
         if compare:
@@ -142,7 +142,7 @@ def report(
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="`tatk eval` output folder; default: the newest one inside the run.")] = None,
 ) -> None:
     """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances."""
-    from tatk.report import write_report
+    from tatk.evaluate.report import write_report
 
     try:
         out = write_report(run, eval_dir)

@@ -29,7 +29,7 @@ def run_tatk(*args: str, cwd: Path = REPO, check: bool = True, env: dict | None 
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
     """Tiny random GLM-ASR, Whisper, HuBERT and wav2vec2 checkpoints saved with ``save_pretrained``."""
-    from tatk.tiny import ENCODER_KINDS, build_tiny_encoder
+    from tatk.synthetic.tiny import ENCODER_KINDS, build_tiny_encoder
 
     root = tmp_path_factory.mktemp("encoders")
     return {kind: build_tiny_encoder(kind, root / kind) for kind in ENCODER_KINDS}
@@ -38,7 +38,7 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> dict[str, Path]:
     """A small espeak-ng corpus in both layouts: LoquaciousSet parquet (Hub-repo shaped) and a folder."""
-    from tatk.synth import make_splits, write_corpus
+    from tatk.synthetic.speech import make_splits, write_corpus
 
     root = tmp_path_factory.mktemp("speech")
     splits = make_splits(24, 4, 4, seed=1)
@@ -60,7 +60,7 @@ def asr_run(tiny_encoders, speech, tmp_path_factory) -> dict[str, Path]:
 
     from train_fixtures import asr_recipe
 
-    from tatk.tinyllm import build_tiny_llm
+    from tatk.synthetic.tinyllm import build_tiny_llm
 
     root = tmp_path_factory.mktemp("asr")
     corpus, encoder, shards = speech["parquet"], tiny_encoders["glmasr"], root / "shards"

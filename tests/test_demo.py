@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_tatk
 
-from tatk.augment import augment_batch, enabled, mask_features
+from tatk.train.augment import augment_batch, enabled, mask_features
 
 # CI size: ~2 minutes on 2 quiet cores. Smaller batches and one validation at the end keep steps cheap.
 SIZES = {"DEMO_TRAIN": "160", "DEMO_DEV": "8", "DEMO_TEST": "12", "DEMO_STEPS": "24",
@@ -83,7 +83,7 @@ def test_demo_export_transcribes_a_test_clip(demo):
     import pyarrow.parquet as pq
     from transformers import pipeline
 
-    from tatk.audio import decode
+    from tatk.data.audio import decode
 
     export = demo["dir"] / "export"
     assert (export / "config.json").is_file()
@@ -126,7 +126,7 @@ def test_same_seed_same_losses_and_transcripts(demo, tmp_path):
     assert len(outs[0][1]) == 6 and outs[0][1] == outs[1][1]
 
 
-# --- SpecAugment masks (tatk/augment.py)
+# --- SpecAugment masks (tatk/train/augment.py)
 
 
 @dataclass
@@ -160,16 +160,16 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
     import torch
     from train_fixtures import prepare_tiny, tiny_recipe
 
-    from tatk.batches import TrainStream
-    from tatk.model import build_model
-    from tatk.recipes import load_recipe
+    from tatk.train.stream import TrainStream
+    from tatk.train.speechlm import build_model
+    from tatk.train.recipe import load_recipe
 
     base = prepare_tiny(tmp_path)
     path = tmp_path / "r.toml"
     path.write_text(tiny_recipe(base, tmp_path / "run", augment={"time_masks": 2, "time_width": 4, "freq_masks": 1,
                                                                   "freq_width": 4}))
     recipe = load_recipe(path, [])
-    from tatk.batches import Codec
+    from tatk.train.collate import Codec
 
     model = build_model(recipe, None, torch.float32)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
@@ -186,7 +186,7 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
 
 
 def test_char_tokenizer_is_one_token_per_character():
-    from tatk.tinyllm import train_tokenizer
+    from tatk.synthetic.tinyllm import train_tokenizer
 
     tok = train_tokenizer(["the red boat sailed", "a green apple"], kind="char")
     text = "the zebra quietly sailed"  # letters never seen in training are still single tokens (byte alphabet)

@@ -15,12 +15,13 @@ import webdataset as wds
 from conftest import run_tatk
 from test_shard import _bad_corpus
 
-from tatk.audio import decode
-from tatk.batches import Codec, val_batches
+from tatk.data.audio import decode
+from tatk.train.collate import Codec
+from tatk.train.stream import val_batches
 from tatk.errors import UserError
-from tatk.model import IGNORE, build_model
-from tatk.recipes import load_recipe
-from tatk.train import param_groups
+from tatk.train.speechlm import IGNORE, build_model
+from tatk.train.recipe import load_recipe
+from tatk.train.loop import param_groups
 
 # libsndfile writes float x as round(x · 32767) and reads int16 n back as n / 32768: the round trip is off
 # by at most half a step plus the 1/32768 scale difference, 2^-15 at full scale.
@@ -38,7 +39,7 @@ def tar_samples(folder: Path, split: str = "train") -> dict[str, dict]:
 def shards(tiny_encoders, speech, tmp_path_factory) -> dict[str, Path]:
     """The parquet corpus's train split through the tiny GLM-ASR encoder, stored as audio and as float32
     features, plus a tiny LLM whose tokenizer knows the transcripts."""
-    from tatk.tinyllm import build_tiny_llm
+    from tatk.synthetic.tinyllm import build_tiny_llm
 
     root = tmp_path_factory.mktemp("enc_lora")
     common = ["shard", "--dataset", speech["parquet"], "--subset", "small", "--split", "train",
@@ -104,7 +105,7 @@ wandb = "off"
 
 
 def test_audio_shards_hold_the_decoded_audio(shards, speech):
-    """FLAC samples equal tatk.audio.decode of the source within 16-bit quantisation; frame counts and
+    """FLAC samples equal tatk.data.audio.decode of the source within 16-bit quantisation; frame counts and
     keys equal those of the feature shards; the manifest says what was stored."""
     audio, feats = tar_samples(shards["audio"]), tar_samples(shards["feats"])
     assert sorted(audio) == sorted(feats) and len(audio) == 24
@@ -220,7 +221,7 @@ def test_encoder_lora_step_changes_only_adapters_and_projector(shards, tmp_path)
 def test_train_on_audio_shards_end_to_end(shards, tmp_path):
     """`tatk train` with encoder LoRA on audio shards (one DataLoader worker preparing inputs), then the
     checkpoint rebuilds a model that transcribes prepared audio."""
-    from tatk.checkpoint import load_trained, read_weights
+    from tatk.train.checkpoint import load_trained, read_weights
 
     path = recipe_file(shards, tmp_path / "e2e.toml", "audio", encoder="lora", decoder="lora")
     run_tatk("train", path)

@@ -82,7 +82,7 @@ def _shard_features(shards, split="test"):
     """[(id, text, feats (T, D) float32)] of a shard split in manifest order, read with plain webdataset."""
     import webdataset as wds
 
-    from tatk.shards import shard_paths
+    from tatk.shard.format import shard_paths
 
     out = []
     for raw in wds.WebDataset(shard_paths(shards, split), shardshuffle=False):
@@ -99,7 +99,7 @@ def shard_eval(asr_run, tmp_path_factory):
 
 
 def test_shard_eval_writes_consistent_files_and_the_models_own_transcripts(asr_run, shard_eval):
-    from tatk.checkpoint import load_trained
+    from tatk.train.checkpoint import load_trained
 
     out, proc = shard_eval
     rows = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
@@ -130,7 +130,7 @@ def test_shard_eval_writes_consistent_files_and_the_models_own_transcripts(asr_r
 
 
 def test_max_samples_takes_the_first_utterances_in_order(asr_run, tmp_path):
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     summary = run_eval(EvalOptions(model=str(asr_run["checkpoint"]), data=asr_run["shards"], max_samples=2,
                                    batch_size=2, out=tmp_path))
@@ -140,7 +140,7 @@ def test_max_samples_takes_the_first_utterances_in_order(asr_run, tmp_path):
 
 
 def test_default_output_folder_is_next_to_the_checkpoint(asr_run, tmp_path):
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     ckpt = tmp_path / "step-000006"
     shutil.copytree(asr_run["checkpoint"], ckpt)
@@ -149,7 +149,7 @@ def test_default_output_folder_is_next_to_the_checkpoint(asr_run, tmp_path):
 
 
 def test_bad_inputs_fail_with_one_line(asr_run, tmp_path):
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     broken = tmp_path / "step-000006"
     shutil.copytree(asr_run["checkpoint"], broken)
@@ -181,9 +181,9 @@ def test_bad_inputs_fail_with_one_line(asr_run, tmp_path):
 
 
 def test_audio_eval_matches_the_pipeline_and_shard_mode(asr_run, shard_eval, tmp_path):
-    from tatk.audio import decode
-    from tatk.corpus import Corpus, CorpusSpec
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.data.audio import decode
+    from tatk.data.corpus import Corpus, CorpusSpec
+    from tatk.evaluate.run import EvalOptions, run_eval
     from tatk.export import load_pipeline
 
     summary = run_eval(EvalOptions(model=str(asr_run["run"]), dataset=str(asr_run["corpus"]), subset="small",
@@ -203,7 +203,7 @@ def test_audio_eval_matches_the_pipeline_and_shard_mode(asr_run, shard_eval, tmp
 
 def test_audio_eval_of_an_export_folder_matches_its_checkpoint(asr_run, shard_eval, tmp_path):
     """MODEL may be an export folder (what `tatk push` uploads): same transcripts as the checkpoint it came from."""
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
     from tatk.export import export
 
     folder = export(asr_run["checkpoint"], tmp_path / "export")
@@ -215,7 +215,7 @@ def test_audio_eval_of_an_export_folder_matches_its_checkpoint(asr_run, shard_ev
 
 
 def test_audio_eval_skips_bad_rows_by_reason(asr_run, speech, tmp_path):
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     src, folder = speech["folder"] / "train", tmp_path / "corpus"
     folder.mkdir()
@@ -241,7 +241,7 @@ def _fake_eval(folder, wer, sub, dels, ins, words, rtfx, errors: dict[str, int])
 
 
 def test_compare_reports_deltas_and_utterances_that_got_better_or_worse(tmp_path):
-    from tatk.comparison import compare
+    from tatk.evaluate.compare import compare
 
     _fake_eval(tmp_path / "a", 0.25, 10, 5, 5, 80, 40.0, {"u1": 3, "u2": 0, "u3": 2, "u4": 1})
     _fake_eval(tmp_path / "b", 0.125, 4, 3, 3, 80, 60.0, {"u1": 1, "u2": 0, "u3": 4, "u5": 0})

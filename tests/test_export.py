@@ -65,7 +65,7 @@ def clips(asr_run, tmp_path_factory) -> dict:
     """The corpus's test clips: ids, encoded files (their original formats and rates) and 16 kHz waves."""
     import pyarrow.parquet as pq
 
-    from tatk.audio import decode
+    from tatk.data.audio import decode
 
     root = tmp_path_factory.mktemp("clips")
     ids, files, waves = [], [], []
@@ -81,7 +81,7 @@ def clips(asr_run, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(asr_run):
-    from tatk.checkpoint import load_trained
+    from tatk.train.checkpoint import load_trained
 
     return load_trained(asr_run["checkpoint"])
 
@@ -92,7 +92,7 @@ def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
     the live encoder's) read back from the tars, then tatk's own SpeechLM.generate."""
     import webdataset as wds
 
-    from tatk.shards import shard_paths
+    from tatk.shard.format import shard_paths
 
     out = tmp_path_factory.mktemp("f32") / "shards"
     run_tatk("shard", "--dataset", asr_run["corpus"], "--subset", "small", "--split", "test", "--encoder",
@@ -203,7 +203,7 @@ def test_other_sampling_rates_are_resampled(pipeline_results, reference):
 
 
 def test_long_audio_is_cut_in_pauses_and_joined(pipeline_results, clips, trained):
-    from tatk.encoders import FrozenEncoder
+    from tatk.shard.encoders import FrozenEncoder
 
     (result,) = pipeline_results["long"]
     long = long_input(clips)
@@ -254,10 +254,10 @@ def test_merged_works_without_base_models(asr_run, clips, reference, tmp_path):
 
 def test_lora_export_equals_peft(asr_run, tmp_path):
     """A LoRA checkpoint: the export (adapters merged at load, no peft) gives the PEFT model's logits and transcripts."""
-    from tatk.checkpoint import load_trained
+    from tatk.train.checkpoint import load_trained
     from tatk.export import export
-    from tatk.hub.modeling_tatk import TatkAsrModel
-    from tatk.shards import shard_paths
+    from tatk.model.modeling_tatk import TatkAsrModel
+    from tatk.shard.format import shard_paths
 
     sets = {"model.decoder": "lora", "run.name": "lora", "run.out_dir": str(tmp_path / "runs"), "lora.r": 4,
             "lora.alpha": 16, "lora.dropout": 0.0, "train.steps": 3, "train.save_every": 3, "optim.llm_lr": 0.05}

@@ -23,7 +23,7 @@ FAMILIES = {  # recipe → (tiny encoder kind, tiny LLM architecture)
 @pytest.fixture(scope="module")
 def family(tiny_encoders, speech, tmp_path_factory):
     """family(recipe) → --set overrides pointing the recipe at tiny stand-ins (shards made once per encoder)."""
-    from tatk.tinyllm import build_tiny_llm, build_tiny_smollm3
+    from tatk.synthetic.tinyllm import build_tiny_llm, build_tiny_smollm3
 
     root = tmp_path_factory.mktemp("families")
     llms = {"qwen3": build_tiny_llm(root / "qwen3"), "smollm3": build_tiny_smollm3(root / "smollm3")}

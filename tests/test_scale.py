@@ -35,7 +35,7 @@ BACKENDS = {"ddp": ["--multi_gpu"], "zero2": ["--config_file", "accelerate/zero2
 
 def accelerate_launch(backend: str, recipe: Path, port: int, *args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` two CPU processes of ``tatk train``. DDP on CPU needs ACCELERATE_USE_CPU; DeepSpeed
-    must not have it (Accelerate would then pick plain multi-CPU) and runs over gloo (tatk/train.py)."""
+    must not have it (Accelerate would then pick plain multi-CPU) and runs over gloo (tatk/train/loop.py)."""
     env = {**ENV, "ACCELERATE_USE_CPU": "true"} if backend == "ddp" else {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
     cmd = ["accelerate", "launch", *BACKENDS[backend], "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", str(port), "tatk", "train", str(recipe), *args]
@@ -79,7 +79,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert ma[step]["grad_norm"] > COMMON["optim"]["grad_clip"]  # so every step was clipped
     assert abs(ma[STEPS]["val_loss"] - mb[STEPS]["val_loss"]) < TOL
     wa, wb = (load_file(r / "checkpoints" / f"step-{STEPS:06d}" / "model.safetensors") for r in (a, b))
-    assert wa.keys() == wb.keys()  # the same names whether Accelerate or tatk/zero.py wrote the file
+    assert wa.keys() == wb.keys()  # the same names whether Accelerate or tatk/train/zero.py wrote the file
     for k in wa:
         assert wa[k].shape == wb[k].shape and torch.allclose(wa[k], wb[k], atol=TOL), k
 
@@ -106,7 +106,7 @@ def test_zero3_adapter_loads_with_peft_and_gives_the_trained_logits(launch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tatk.checkpoint import load_trained
+    from tatk.train.checkpoint import load_trained
 
     ckpt = launch(2, "zero3") / "checkpoints" / f"step-{STEPS:06d}"
     _, trained = load_trained(ckpt)

@@ -122,7 +122,7 @@ def test_next_stage_with_frozen_projector_is_self_contained(base, reference, tmp
     with stage 1's projector (not a fresh random one) and the new, trained adapters."""
     from safetensors.torch import load_file
 
-    from tatk.checkpoint import load_trained
+    from tatk.train.checkpoint import load_trained
 
     stage1 = reference / "checkpoints" / f"step-{STEPS:06d}"
     extra = {"model": {"llm": str(base / "llm"), "decoder": "lora", "init_from": str(stage1)},

@@ -7,11 +7,12 @@ import pytest
 import torch
 from train_fixtures import prepare_tiny, tiny_recipe
 
-from tatk.batches import Codec, DataPosition, train_loader
+from tatk.train.collate import Codec
+from tatk.train.stream import DataPosition, train_loader
 from tatk.errors import UserError
-from tatk.model import AUDIO_TOKEN, FeatureNorm, build_model, render_prompt
-from tatk.hub.projectors import PROJECTORS, build_projector
-from tatk.recipes import load_recipe
+from tatk.train.speechlm import AUDIO_TOKEN, FeatureNorm, build_model, render_prompt
+from tatk.model.projectors import PROJECTORS, build_projector
+from tatk.train.recipe import load_recipe
 
 
 @pytest.mark.parametrize("kind", sorted(PROJECTORS))

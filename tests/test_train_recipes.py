@@ -11,7 +11,7 @@ import pytest
 from train_fixtures import ENCODER_ID, tiny_recipe, write_shards
 
 from tatk.errors import UserError
-from tatk.recipes import load_recipe, render_recipe
+from tatk.train.recipe import load_recipe, render_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

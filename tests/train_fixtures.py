@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from tatk.tinyllm import WORDS, build_tiny_llm
+from tatk.synthetic.tinyllm import WORDS, build_tiny_llm
 
 ENCODER_ID = "synthetic:chars"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
@@ -155,9 +155,9 @@ def _probe(recipe_path: str, out: str) -> None:
     trainable weights to ``out`` (used by the multi-process test under ``accelerate launch``)."""
     import torch
 
-    import tatk.train as T
-    from tatk.batches import Codec
-    from tatk.recipes import load_recipe
+    import tatk.train.loop as T
+    from tatk.train.collate import Codec
+    from tatk.train.recipe import load_recipe
 
     keys: list[str] = []
     collate = Codec.collate

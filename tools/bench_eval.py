@@ -32,13 +32,13 @@ def build(root: Path, n_train: int, n_test: int, steps: int) -> Path:
     """Corpus, encoder, LLM, shards and a trained run under ``root`` (kept; re-used when present)."""
     import pyarrow.parquet as pq
 
-    from tatk.corpus import CorpusSpec
-    from tatk.recipes import load_recipe
-    from tatk.shard import ShardConfig, run_shard
-    from tatk.synth import make_splits, write_corpus
-    from tatk.tiny import build_tiny_encoder
-    from tatk.tinyllm import build_tiny_llm
-    from tatk.train import train
+    from tatk.data.corpus import CorpusSpec
+    from tatk.train.recipe import load_recipe
+    from tatk.shard.run import ShardConfig, run_shard
+    from tatk.synthetic.speech import make_splits, write_corpus
+    from tatk.synthetic.tiny import build_tiny_encoder
+    from tatk.synthetic.tinyllm import build_tiny_llm
+    from tatk.train.loop import train
 
     corpus, shards, run = root / "corpus", root / "shards", root / "runs" / "asr"
     if not (corpus / "README.md").exists():
@@ -105,7 +105,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     run = build(root, args.train, args.test, args.steps)
 
-    from tatk.evaluation import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_eval
 
     modes = {"audio": dict(dataset=str(root / "corpus"), subset="small"), "shards": dict(data=root / "shards")}
     sizes = [1, *args.batch_sizes]

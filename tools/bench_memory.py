@@ -37,8 +37,8 @@ def worker(recipe: str, out: str) -> None:
     """Train ``recipe`` in this process, then write this rank's peak memory to ``out``/rank-N.json."""
     import torch
 
-    from tatk.recipes import load_recipe
-    from tatk.train import train
+    from tatk.train.recipe import load_recipe
+    from tatk.train.loop import train
 
     train(load_recipe(Path(recipe), []), resume=False)
     rank = int(os.environ.get("RANK", "0"))
@@ -54,7 +54,7 @@ def main() -> None:
     from train_fixtures import tiny_recipe, write_shards
     from transformers import AutoModelForCausalLM
 
-    from tatk.tinyllm import build_tiny_llm
+    from tatk.synthetic.tinyllm import build_tiny_llm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=1024)

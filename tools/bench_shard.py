@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from tatk.corpus import CorpusSpec
-from tatk.shard import ShardConfig, run_shard
-from tatk.synth import make_splits, write_corpus
-from tatk.tiny import build_tiny_encoder
+from tatk.data.corpus import CorpusSpec
+from tatk.shard.run import ShardConfig, run_shard
+from tatk.synthetic.speech import make_splits, write_corpus
+from tatk.synthetic.tiny import build_tiny_encoder
 
 
 def main() -> None:

@@ -26,10 +26,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from train_fixtures import tiny_recipe, write_shards  # noqa: E402
 
-from tatk.batches import Codec, DataPosition, train_loader  # noqa: E402
-from tatk.model import build_model  # noqa: E402
-from tatk.recipes import load_recipe  # noqa: E402
-from tatk.tinyllm import build_tiny_llm  # noqa: E402
+from tatk.train.collate import Codec  # noqa: E402
+from tatk.train.stream import DataPosition, train_loader  # noqa: E402
+from tatk.train.speechlm import build_model  # noqa: E402
+from tatk.train.recipe import load_recipe  # noqa: E402
+from tatk.synthetic.tinyllm import build_tiny_llm  # noqa: E402
 
 
 class TinyMelEncoder(nn.Module):

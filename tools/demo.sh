@@ -37,8 +37,8 @@ if [ "$(cat "$DIR/corpus/.sizes" 2>/dev/null)" != "$sizes" ]; then
         --train "$TRAIN" --dev "$DEV" --test "$TEST" --seed "$SEED"
     echo "$sizes" > "$DIR/corpus/.sizes"
 fi
-[ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.tiny glmasr "$DIR/encoder"
-[ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
+[ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder"
+[ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.synthetic.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
     --tokenizer char --hidden 256 --layers 4
 for split in train dev test; do
     stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \

@@ -1,4 +1,4 @@
-"""Write a synthetic espeak-ng speech corpus (see ``tatk.synth``).
+"""Write a synthetic espeak-ng speech corpus (see ``tatk.synthetic.speech``).
 
     python tools/synth_corpus.py OUT --layout parquet --train 200 --dev 20 --test 20 --seed 0
 
@@ -9,7 +9,7 @@
 import argparse
 import time
 
-from tatk.synth import make_splits, write_corpus
+from tatk.synthetic.speech import make_splits, write_corpus
 
 
 def main() -> None:

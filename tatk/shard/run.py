@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tatk.audio import SAMPLE_RATE, BadAudio, decode, encode_flac
-from tatk.corpus import Corpus, CorpusSpec, Row
-from tatk.encoders import FrozenEncoder
+from tatk.data.audio import SAMPLE_RATE, BadAudio, decode, encode_flac
+from tatk.data.corpus import Corpus, CorpusSpec, Row
+from tatk.shard.encoders import FrozenEncoder
 from tatk.errors import UserError
-from tatk.shards import ShardWriter, check_content, read_manifest, write_manifest
+from tatk.shard.format import ShardWriter, check_content, read_manifest, write_manifest
 
 # Rows gathered before sorting by length: larger windows pad less, smaller ones use less memory
 # and cut shards closer to their target size (shards end only between windows).
@@ -117,7 +117,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     from accelerate.utils import parse_flag_from_env
     from rich.console import Console
 
-    from tatk.progress import ShardProgress, print_summary
+    from tatk.shard.progress import ShardProgress, print_summary
 
     out = _check_options(cfg)
     # Accelerator reads ACCELERATE_USE_CPU itself; PartialState must be told, or CPU processes

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from tatk.errors import UserError, first_line
-from tatk.evaluation import SUMMARY, UTTERANCES
+from tatk.evaluate.run import SUMMARY, UTTERANCES
 
 
 def _load_summary(path: Path) -> tuple[dict, Path]:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from tatk.errors import UserError, first_line
-from tatk.shards import atomic_write_text
+from tatk.files import atomic_write_text
 
 N_SHOWN = 10  # worst and best utterances listed
 

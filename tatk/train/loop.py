@@ -2,7 +2,7 @@
 
 Runs under ``accelerate launch`` (one process per GPU, or ``ACCELERATE_USE_CPU=true`` CPU processes) and
 as a plain ``tatk train`` (one process). Only the model and optimizer go through ``accelerator.prepare``:
-each rank builds its own data stream (tatk/batches.py) so ranks see disjoint samples and take exactly
+each rank builds its own data stream (tatk/train/stream.py) so ranks see disjoint samples and take exactly
 ``train.steps`` steps; the LR scheduler is stepped once per optimizer step and saved via
 ``register_for_checkpointing`` (a prepared scheduler would step once per process).
 """
@@ -22,14 +22,16 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 from rich.console import Console
 
-from tatk.batches import Codec, DataPosition, train_loader, val_batches
-from tatk.checkpoint import checkpoints, load_weights, save_checkpoint
+from tatk.train.collate import Codec
+from tatk.train.stream import DataPosition, train_loader, val_batches
+from tatk.train.checkpoint import checkpoints, load_weights, save_checkpoint
 from tatk.errors import UserError
-from tatk.model import IGNORE, build_model
-from tatk.recipes import Recipe, render_recipe
-from tatk.shards import atomic_write_text, read_split
-from tatk.zero import configure as configure_deepspeed
-from tatk.zero import deepspeed_stage
+from tatk.train.speechlm import IGNORE, build_model
+from tatk.train.recipe import Recipe, render_recipe
+from tatk.files import atomic_write_text
+from tatk.shard.format import read_split
+from tatk.train.zero import configure as configure_deepspeed
+from tatk.train.zero import deepspeed_stage
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; an unknown GPU just gets no MFU column.
 PEAK_BF16 = {"A40": 149.7e12, "A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "L4": 121e12,
@@ -135,7 +137,7 @@ def train(recipe: Recipe, resume: bool) -> None:
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", log_with="wandb" if tracker else None,
                               project_dir=str(run_dir),
                               kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None)
-    zero = deepspeed_stage(accelerator)  # None: DDP or one process; else the ZeRO stage (tatk/zero.py)
+    zero = deepspeed_stage(accelerator)  # None: DDP or one process; else the ZeRO stage (tatk/train/zero.py)
     if zero is not None:
         configure_deepspeed(accelerator, recipe)
     console = Console(quiet=not accelerator.is_main_process, highlight=False)

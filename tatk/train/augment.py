@@ -10,7 +10,7 @@ rather than as a loud constant. (Zeros in the raw feature space would be an arbi
 an encoder whose frames are far from zero.)
 
 Determinism: the masks of a batch are drawn from a generator seeded by the batch's name
-(seed, rank, worker, round, index; see tatk/batches.py), never from a running random state, so a
+(seed, rank, worker, round, index; see tatk/train/stream.py), never from a running random state, so a
 resumed run replays exactly the same masked batches.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 
 def enabled(cfg) -> bool:
-    """Whether ``cfg`` (a tatk.recipes.AugmentConfig) masks anything at all."""
+    """Whether ``cfg`` (a tatk.train.recipe.AugmentConfig) masks anything at all."""
     return bool((cfg.time_masks and cfg.time_width) or (cfg.freq_masks and cfg.freq_width))
 
 
@@ -46,5 +46,5 @@ def mask_features(feats: np.ndarray, cfg, rng: np.random.Generator) -> np.ndarra
 
 
 def augment_batch(samples: list, cfg, rng: np.random.Generator) -> list:
-    """The batch's samples (tatk.batches.Sample) with masked features; lengths and texts are unchanged."""
+    """The batch's samples (tatk.train.stream.Sample) with masked features; lengths and texts are unchanged."""
     return [dataclasses.replace(s, feats=mask_features(s.feats, cfg, rng)) for s in samples]

@@ -317,7 +317,7 @@ def _card(subset: str, folders: dict[str, str]) -> str:
     meta = {"language": ["en"], "task_categories": ["automatic-speech-recognition"],
             "pretty_name": "tatk synthetic LoquaciousSet", "configs": [config]}
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# Synthetic LoquaciousSet-shaped corpus\n\n"
-            "Template-grammar English sentences spoken by espeak-ng (written by `tatk.synth`).\n")
+            "Template-grammar English sentences spoken by espeak-ng (written by `tatk.synthetic.speech`).\n")
 
 
 def write_corpus(out_dir: str | Path, splits: dict[str, list[str]], layout: str = "parquet", seed: int = 0,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from tatk.errors import UserError, first_line
-from tatk.shards import atomic_write_text
+from tatk.files import atomic_write_text
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.toml"
@@ -38,12 +38,12 @@ def checkpoints(root: Path) -> list[Path]:
 def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int, model) -> Path:
     """Write Accelerate's state plus recipe.toml to ``step-N`` atomically; keep the newest ``keep`` checkpoints.
 
-    Collective: every rank calls it. ``position`` (tatk.batches.DataPosition) is gathered first so the
+    Collective: every rank calls it. ``position`` (tatk.train.stream.DataPosition) is gathered first so the
     saved data position covers all ranks. ``model`` is the unwrapped SpeechLM.
     """
     from safetensors.torch import save_file
 
-    from tatk.zero import deepspeed_stage, save_adapter, trained_weights
+    from tatk.train.zero import deepspeed_stage, save_adapter, trained_weights
 
     position.gather(accelerator)
     tmp, final = root / f"step-{step:06d}.tmp", root / f"step-{step:06d}"
@@ -120,8 +120,8 @@ def load_weights(model, path: Path, allow_new: bool = False) -> None:
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(recipe, SpeechLM in eval mode) rebuilt from a checkpoint or run folder, ready to transcribe features."""
-    from tatk.model import build_model
-    from tatk.recipes import load_recipe
+    from tatk.train.speechlm import build_model
+    from tatk.train.recipe import load_recipe
 
     ckpt = resolve(path)
     recipe = load_recipe(ckpt / RECIPE, [], check_shards=False)

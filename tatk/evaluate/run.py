@@ -29,7 +29,7 @@ import numpy as np
 
 from tatk import __version__
 from tatk.errors import UserError, first_line
-from tatk.shards import atomic_write_text
+from tatk.files import atomic_write_text
 from tatk.wer import score
 
 UTTERANCES, SUMMARY = "utterances.jsonl", "summary.json"
@@ -74,8 +74,8 @@ def _safe(name: str) -> str:
 def shard_items(folder: Path, split: str, limit: int | None, skipped: dict[str, int],
                 output_length: Callable[[int], int]) -> Iterator[Item]:
     """Utterances of a shard split in manifest order; clips too short to project are counted in ``skipped``."""
-    from tatk.batches import read_shard
-    from tatk.shards import shard_paths
+    from tatk.shard.format import read_shard
+    from tatk.shard.format import shard_paths
 
     index = 0
     for path in shard_paths(folder, split):
@@ -94,7 +94,7 @@ def shard_items(folder: Path, split: str, limit: int | None, skipped: dict[str, 
 
 def audio_items(corpus, limit: int | None, skipped: dict[str, int]) -> Iterator[Item]:
     """Corpus rows decoded to 16 kHz mono; unusable rows are counted in ``skipped`` by reason."""
-    from tatk.audio import SAMPLE_RATE, BadAudio, decode
+    from tatk.data.audio import SAMPLE_RATE, BadAudio, decode
 
     for row in corpus.rows(limit=limit):
         if not row.text:
@@ -154,7 +154,7 @@ def _check_weights(ckpt: Path) -> None:
     """Fail in a second on an unreadable model.safetensors, before the LLM is loaded (which takes minutes for big ones)."""
     from safetensors import safe_open
 
-    from tatk.checkpoint import WEIGHTS
+    from tatk.train.checkpoint import WEIGHTS
 
     try:
         with safe_open(str(ckpt / WEIGHTS), "pt"):  # parses the header and checks it against the file size
@@ -167,8 +167,8 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
     """Shard mode: (batch function, facts for the summary, items, skip counts)."""
     import torch
 
-    from tatk.checkpoint import load_trained, resolve
-    from tatk.shards import read_manifest, read_split
+    from tatk.train.checkpoint import load_trained, resolve
+    from tatk.shard.format import read_manifest, read_split
 
     path = Path(opt.model)
     hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", opt.model) and not opt.model.startswith((".", "~"))
@@ -205,7 +205,7 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
 
 def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterator[Item], dict[str, int]]:
     """Audio mode: the end-to-end pipeline of tatk.export over decoded corpus rows."""
-    from tatk.corpus import Corpus, CorpusSpec
+    from tatk.data.corpus import Corpus, CorpusSpec
 
     try:
         from tatk.export import load_pipeline
@@ -215,8 +215,8 @@ def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
     corpus = Corpus(CorpusSpec(dataset=opt.dataset, subset=opt.subset, local=opt.local, split=opt.split))
     ckpt, step, max_new = None, None, opt.max_new_tokens
     if Path(opt.model).is_dir() and (Path(opt.model) / "recipe.toml").is_file():  # a checkpoint or run folder
-        from tatk.checkpoint import resolve
-        from tatk.recipes import load_recipe
+        from tatk.train.checkpoint import resolve
+        from tatk.train.recipe import load_recipe
 
         ckpt = resolve(opt.model)
         _check_weights(ckpt)

@@ -1,6 +1,6 @@
 """Encoder features → normalisation → projector → spliced into a causal LM's prompt → greedy transcript.
 
-Shared by training (``tatk.model.SpeechLM``) and the exported model (``modeling_tatk.TatkAsrModel``), so
+Shared by training (``tatk.train.speechlm.SpeechLM``) and the exported model (``modeling_tatk.TatkAsrModel``), so
 the exported model decodes exactly as ``tatk`` does: the prompt is
 
     <prefix: template up to the audio> <audio>×n <suffix: rest of user turn + assistant header>

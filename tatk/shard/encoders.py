@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tatk.audio import SAMPLE_RATE
+from tatk.data.audio import SAMPLE_RATE
 from tatk.errors import UserError, first_line
-from tatk.hub.encoder import (
+from tatk.model.encoder import (
     MODEL_TYPES,
     WAVEFORM_TYPES,
     AudioEncoder,
@@ -45,7 +45,7 @@ class EncoderInfo:
 
 class FrozenEncoder(AudioEncoder):
     """A frozen encoder loaded by name. ``prepare`` is picklable work for workers; ``encode`` runs the network
-    (both from ``tatk.hub.encoder.AudioEncoder``, the code exported models run too)."""
+    (both from ``tatk.model.encoder.AudioEncoder``, the code exported models run too)."""
 
     def __init__(self, name: str, device: str | torch.device = "cpu", dtype: str = "float16", network: bool = True):
         """``network=False`` loads only the config and preprocessing (``prepare``, ``n_frames``, ``info``):

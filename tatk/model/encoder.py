@@ -6,7 +6,7 @@ Work is split in two so the expensive part runs alone on the accelerator:
 - ``encode(batch)`` runs the network on a batch of prepared inputs under ``torch.inference_mode``.
 
 Kinds: GLM-ASR-Nano's ``GlmAsrEncoder``, Whisper encoders, HuBERT / wav2vec2-style encoders, and
-``mel`` (log-mel frames, no network). ``tatk shard`` (``tatk.encoders.FrozenEncoder``) and the exported
+``mel`` (log-mel frames, no network). ``tatk shard`` (``tatk.shard.encoders.FrozenEncoder``) and the exported
 model's pipeline use this same code, so served features equal the stored ones.
 """
 

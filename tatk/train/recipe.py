@@ -51,7 +51,7 @@ class LoraConfig:
 
 @dataclass
 class EncoderLoraConfig:
-    """LoRA adapters on the audio encoder (model.encoder = "lora"); see tatk/audio_tower.py."""
+    """LoRA adapters on the audio encoder (model.encoder = "lora"); see tatk/train/tower.py."""
 
     r: int = 8  #: adapter rank
     alpha: int = 16  #: scaling numerator: the update is (alpha / r) · B·A; 16 at r 8 is the common alpha = 2r
@@ -61,7 +61,7 @@ class EncoderLoraConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/hub/projectors.py)
+    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/model/projectors.py)
     stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
     hidden: int = 2048  #: projector hidden width
     train: bool = True  #: false keeps the projector as loaded from model.init_from (stage 2 with a fixed projector)
@@ -94,7 +94,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """SpecAugment-style masking of stored features, on training batches only (tatk/augment.py)."""
+    """SpecAugment-style masking of stored features, on training batches only (tatk/train/augment.py)."""
 
     time_masks: int = 0  #: time masks per utterance (0: none); each spans 0..time_width frames
     time_width: int = 10  #: widest time mask, in encoder frames (GLM-ASR: 50 per second)
@@ -208,7 +208,7 @@ def _apply_override(raw: dict, item: str) -> None:
 
 
 def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, content: str) -> None:
-    from tatk.shards import read_manifest
+    from tatk.shard.format import read_manifest
 
     if not Path(path).is_dir():
         raise UserError(f"{key}.path: shard folder {path} does not exist (run `tatk shard --out {path} ...` first)")
@@ -228,7 +228,7 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, con
 
 
 def _validate(r: Recipe, check_shards: bool) -> None:
-    from tatk.hub.projectors import PROJECTORS
+    from tatk.model.projectors import PROJECTORS
 
     choices = {"features.normalize": (r.features.normalize, ("none", "utterance", "global")),
                "model.decoder": (r.model.decoder, ("frozen", "lora", "full")),

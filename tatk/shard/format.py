@@ -21,22 +21,18 @@ import os
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import webdataset as wds
+from webdataset.tariterators import tarfile_samples
 
 from tatk import __version__
-from tatk.audio import SAMPLE_RATE
+from tatk.data.audio import SAMPLE_RATE
 from tatk.errors import UserError
+from tatk.files import atomic_write_text
 
 STATE_DIR = ".state"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -65,6 +61,13 @@ def check_content(out: Path, manifest: dict, content: str) -> None:
 def shard_paths(folder: str | Path, split: str) -> list[str]:
     """Paths of a split's tars, from the manifest, in order."""
     return [str(Path(folder) / s["name"]) for s in read_split(folder, split)["shards"]]
+
+
+def read_shard(path: str, keep: Callable[[int], bool] = lambda i: True) -> Iterator[dict]:
+    """Raw samples ({"feats.npy": bytes, "txt": bytes, ...}) of one tar, those whose index passes ``keep``."""
+    for i, raw in enumerate(tarfile_samples([{"url": path}])):
+        if keep(i):
+            yield raw
 
 
 class FeatureStats:

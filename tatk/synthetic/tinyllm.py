@@ -5,7 +5,7 @@ exactly like a Hub id, so training code never needs a "tiny" branch. The chat te
 (``<|im_start|>role\\n...<|im_end|>`` turns, an empty ``<think></think>`` block when
 ``enable_thinking=False``), which is the path the real models take through ``apply_chat_template``.
 
-    python -m tatk.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer char --hidden 256 --layers 4
+    python -m tatk.synthetic.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer char --hidden 256 --layers 4
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _save(model, tok, out: Path) -> Path:
 
 
 # SmolLM3's template reduced the same way. Like the real one it opens with a system block that writes
-# today's date ("Today Date: ..."), which tatk.model.render_prompt must strip, and with thinking disabled
+# today's date ("Today Date: ..."), which tatk.train.speechlm.render_prompt must strip, and with thinking disabled
 # it puts "/no_think" there and an empty think block after the assistant header.
 SMOLLM3_TEMPLATE = (
     "{%- set today = strftime_now('%d %B %Y') -%}"

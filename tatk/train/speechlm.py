@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tatk.errors import UserError
-from tatk.hub.projectors import build_projector
-from tatk.hub.speech import IGNORE, FeatureNorm, PromptLayout, SpeechDecoding
+from tatk.model.projectors import build_projector
+from tatk.model.speech import IGNORE, FeatureNorm, PromptLayout, SpeechDecoding
 
 __all__ = ["AUDIO_TOKEN", "IGNORE", "FeatureNorm", "PromptLayout", "SpeechLM", "build_layout", "build_model", "render_prompt"]
 
@@ -65,7 +65,7 @@ class SpeechLM(SpeechDecoding, nn.Module):
     """Feature normalisation + projector in front of a causal LM.
 
     ``decoder`` says what of the LLM trains: ``frozen`` (nothing), ``lora`` (``llm`` is a PEFT model
-    whose adapters train) or ``full`` (every weight). ``encoder`` (tatk.audio_tower.AudioTower, for audio
+    whose adapters train) or ``full`` (every weight). ``encoder`` (tatk.train.tower.AudioTower, for audio
     shards) runs the audio encoder first: ``feats`` are then its prepared inputs (B, C, S), not features.
     """
 
@@ -101,7 +101,7 @@ class SpeechLM(SpeechDecoding, nn.Module):
         return super().embed(input_ids, feats, feat_lens)
 
     def forward(self, batch: dict[str, torch.Tensor], label_logits_only: bool = True, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy over transcript + end tokens of a batch from ``tatk.batches.collate``: their mean,
+        """Cross-entropy over transcript + end tokens of a batch from ``tatk.train.stream.collate``: their mean,
         or with ``reduction="sum"`` their sum (the loop divides by the whole accumulation window's count).
 
         The LM head maps H to the whole vocabulary (~152k for Qwen3): applying it at every position costs
@@ -127,7 +127,7 @@ class SpeechLM(SpeechDecoding, nn.Module):
 
 
 def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missing_stats: bool = False) -> SpeechLM:
-    """Load the LLM and tokenizer by id or path and build a seeded projector for ``recipe`` (a tatk.recipes.Recipe).
+    """Load the LLM and tokenizer by id or path and build a seeded projector for ``recipe`` (a tatk.train.recipe.Recipe).
 
     ``stats`` is the manifest's {"mean": [...], "std": [...]} (needed for features.normalize = "global");
     ``allow_missing_stats`` builds placeholders instead, for a model whose checkpoint holds them.
@@ -164,7 +164,7 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
             raise UserError(f"lora.target_modules: {str(e).splitlines()[0]}") from None
     encoder = None
     if recipe.data.content == "audio":  # the model runs the encoder itself (frozen, or with LoRA adapters)
-        from tatk.audio_tower import build_tower
+        from tatk.train.tower import build_tower
 
         encoder = build_tower(recipe, llm_dtype)
     return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder, encoder)

@@ -1,5 +1,8 @@
 """The model code that ships inside every exported model (``tatk export``), and that tatk itself imports.
 
+In: encoder features or 16-kHz waves. Out: transcripts (``TatkAsrModel``, ``TatkAsrPipeline``). Read first:
+``speech.py`` (how audio is spliced into the LLM prompt), ``projectors.py``, then ``modeling_tatk.py``.
+
 Transformers' remote-code loader copies these files into a Hub repository's module cache, so they may
 import only torch, numpy, transformers, safetensors / huggingface_hub and each other (relative imports);
 optional audio libraries (soundfile, soxr) are imported inside ``try`` blocks where they are needed.

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tatk.audio import decode
-from tatk.encoders import WAVEFORM_TYPES, FrozenEncoder
+from tatk.data.audio import decode
+from tatk.shard.encoders import WAVEFORM_TYPES, FrozenEncoder
 from tatk.errors import UserError, first_line
 
 

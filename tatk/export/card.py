@@ -1,0 +1,72 @@
+"""The exported model's card: README.md with the Hub's YAML metadata (base models, datasets, model-index
+with the eval result) and a short description of the parts and how to use them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+def is_hub_id(name: str) -> bool:
+    """A Hub repository id (``owner/name``) that is not also a local path."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
+def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
+    """README.md with Hub metadata (YAML; values are JSON-quoted, which YAML reads as-is)."""
+    q = json.dumps
+    bases = [b for b in (cfg.encoder, cfg.llm) if is_hub_id(b)]
+    lines = ["---", "library_name: transformers", "pipeline_tag: automatic-speech-recognition", f"license: {q(license)}"]
+    if bases:
+        lines += ["base_model:"] + [f"- {q(b)}" for b in bases]
+    if datasets:
+        lines += ["datasets:"] + [f"- {q(d)}" for d in datasets]
+    lines += ["tags:", "- tatk", "- speech", "- asr", "- custom_code"]
+    if summary:
+        data = str(summary.get("data", "eval"))
+        lines += ["model-index:", f"- name: {q(name)}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+                  "      name: Automatic Speech Recognition", "    dataset:", f"      name: {q(data)}", f"      type: {q(data)}"]
+        if summary.get("split"):
+            lines.append(f"      split: {q(summary['split'])}")
+        lines += ["    metrics:", "    - type: wer", f"      value: {round(100 * float(summary['wer']), 2)}", "      name: WER (%)"]
+    lines.append("---")
+    rev = lambda r: f" @ `{r}`" if r else ""
+    body = f"""
+# {name}
+
+A speech recognizer trained with tatk (the Tiny Audio Training Kit): a frozen audio encoder, a trained
+projector, and an LLM decoder ({cfg.decoder}).
+
+| part | what |
+|---|---|
+| encoder | `{cfg.encoder}`{rev(cfg.encoder_revision)} ({cfg.encoder_kind}, {cfg.feature_dim}-dim features, {cfg.normalize} normalisation) |
+| projector | {cfg.projector_kind}, {cfg.projector_stack} frames per LLM position, hidden {cfg.projector_hidden} |
+| LLM | `{cfg.llm}`{rev(cfg.llm_revision)}, decoder {cfg.decoder} |
+| weights | {"every weight (merged)" if cfg.merged else "trained weights only; the encoder and LLM load from their own repositories"} |
+
+## Use
+
+```python
+from transformers import pipeline
+
+asr = pipeline("automatic-speech-recognition", model="{name}", trust_remote_code=True)
+asr("speech.wav")["text"]
+asr({{"raw": wave, "sampling_rate": 44100}})            # any rate, resampled to 16 kHz
+asr(["a.wav", "b.flac"], batch_size=8)                  # batched
+asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g} s is cut at pauses
+```
+
+Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
+Decoding is greedy, at most {cfg.max_new_tokens} new tokens per chunk (`max_new_tokens=` to change).
+"""
+    if summary:
+        body += f"""
+## Evaluation
+
+| data | split | utterances | audio (h) | WER | RTFx |
+|---|---|---|---|---|---|
+| {summary.get('data', '')} | {summary.get('split', '')} | {summary.get('n', '')} | {float(summary.get('audio_hours', 0)):.3f} | {100 * float(summary['wer']):.2f} % | {float(summary.get('rtfx', 0)):.1f} |
+"""
+    body += f"\nTraining recipe: run `{recipe.run.name}`, {recipe.train.steps} steps.\n"
+    return "\n".join(lines) + "\n" + body

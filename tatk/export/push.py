@@ -1,0 +1,70 @@
+"""``tatk push``: validate an export folder and upload it to a Hub model repository with huggingface_hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tatk.errors import UserError, first_line
+from tatk.export.build import AUTO_MAP, REQUIRED
+
+
+def check_export(folder: str | Path) -> list[tuple[str, int]]:
+    """Validate an export folder (config with auto_map, code, readable weights, tokenizer, preprocessor);
+    returns (relative path, bytes) of every file that would be uploaded."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise UserError(f"{folder}: not a tatk export (missing {missing[0]})")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as e:
+        raise UserError(f"{folder / 'config.json'}: not valid JSON ({first_line(e)})") from None
+    if config.get("auto_map", {}).get("AutoModel") != AUTO_MAP["AutoModel"] or "custom_pipelines" not in config:
+        raise UserError(f"{folder / 'config.json'}: no tatk auto_map / custom_pipelines (not written by tatk export)")
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):  # checks the header against the file's size
+                pass
+        except Exception as e:  # noqa: BLE001  safetensors raises its own types for truncated or garbled files
+            raise UserError(f"{f}: cannot read weights ({first_line(e)})") from None
+    return [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
+def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+         message: str = "Upload tatk model", dry_run: bool = False) -> list[tuple[str, int]]:
+    """Upload an export folder to a Hub model repository (created if missing); returns the files.
+
+    The token comes from huggingface_hub's usual places (``HF_TOKEN``, a cached login); it is never printed.
+    """
+    files = check_export(export_dir)
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, revision=revision, commit_message=message,
+                          ignore_patterns=[".*", "**/.*"])
+    except OfflineModeIsEnabled:
+        raise UserError("cannot push: HF_HUB_OFFLINE is set (unset it to reach the Hub)") from None
+    except LocalTokenNotFoundError:
+        raise UserError("cannot push: no Hugging Face token (set HF_TOKEN or run `hf auth login`)") from None
+    except HfHubHTTPError as e:
+        raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
+    except (OSError, ValueError) as e:  # connection failures, bad repo ids
+        raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
+    return files
