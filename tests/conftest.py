@@ -38,7 +38,8 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> dict[str, Path]:
     """A small espeak-ng corpus in both layouts: LoquaciousSet parquet (Hub-repo shaped) and a folder."""
-    from tatk.synthetic.speech import make_splits, write_corpus
+    from tatk.synthetic.sentences import make_splits
+    from tatk.synthetic.speech import write_corpus
 
     root = tmp_path_factory.mktemp("speech")
     splits = make_splits(24, 4, 4, seed=1)

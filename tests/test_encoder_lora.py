@@ -21,7 +21,7 @@ from tatk.train.stream import val_batches
 from tatk.errors import UserError
 from tatk.train.speechlm import IGNORE, build_model
 from tatk.train.recipe import load_recipe
-from tatk.train.loop import param_groups
+from tatk.train.optim import param_groups
 
 # libsndfile writes float x as round(x · 32767) and reads int16 n back as n / 32768: the round trip is off
 # by at most half a step plus the 1/32768 scale difference, 2^-15 at full scale.

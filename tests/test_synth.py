@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tatk.synthetic.speech import SAMPLE_RATE, make_splits, synthesize, write_corpus
+from tatk.synthetic.sentences import make_splits
+from tatk.synthetic.speech import SAMPLE_RATE, synthesize, write_corpus
 
 LOQUACIOUS_COLUMNS = ["ID", "duration", "wav", "spk_id", "sex", "text"]
 SPLITS = make_splits(12, 4, 4, seed=7)  # 12 train rows: one of each audio format in the cycle

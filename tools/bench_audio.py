@@ -28,10 +28,11 @@ from tatk.train.collate import Codec
 from tatk.train.stream import val_batches
 from tatk.train.speechlm import IGNORE, build_model
 from tatk.train.recipe import load_recipe
-from tatk.synthetic.speech import make_splits, write_corpus
+from tatk.synthetic.sentences import make_splits
+from tatk.synthetic.speech import write_corpus
 from tatk.synthetic.tiny import build_tiny_encoder
 from tatk.synthetic.tinyllm import build_tiny_llm
-from tatk.train.loop import param_groups
+from tatk.train.optim import param_groups
 
 
 def shard(corpus: Path, encoder: Path, out: Path, *extra: str) -> float:

@@ -35,7 +35,8 @@ def build(root: Path, n_train: int, n_test: int, steps: int) -> Path:
     from tatk.data.corpus import CorpusSpec
     from tatk.train.recipe import load_recipe
     from tatk.shard.run import ShardConfig, run_shard
-    from tatk.synthetic.speech import make_splits, write_corpus
+    from tatk.synthetic.sentences import make_splits
+    from tatk.synthetic.speech import write_corpus
     from tatk.synthetic.tiny import build_tiny_encoder
     from tatk.synthetic.tinyllm import build_tiny_llm
     from tatk.train.loop import train

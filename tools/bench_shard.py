@@ -19,7 +19,8 @@ import torch
 
 from tatk.data.corpus import CorpusSpec
 from tatk.shard.run import ShardConfig, run_shard
-from tatk.synthetic.speech import make_splits, write_corpus
+from tatk.synthetic.sentences import make_splits
+from tatk.synthetic.speech import write_corpus
 from tatk.synthetic.tiny import build_tiny_encoder
 
 

@@ -9,7 +9,8 @@
 import argparse
 import time
 
-from tatk.synthetic.speech import make_splits, write_corpus
+from tatk.synthetic.sentences import make_splits
+from tatk.synthetic.speech import write_corpus
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
-"""DeepSpeed ZeRO under Accelerate: the recipe's batch settings into DeepSpeed's config, and trained weights
+"""DeepSpeed ZeRO under Accelerate, and the one place where the loop's DDP and ZeRO paths differ
+(``Updates``): the recipe's batch settings into DeepSpeed's config, backward / step, and trained weights
 out of sharded parameters.
 
 The launch config picks DeepSpeed (``accelerate/zero2.yaml``, ``accelerate/zero3.yaml``); the training
-loop stays the same apart from what this module and the few ``deepspeed_stage`` branches in train.py do:
+loop (loop.py) is the same for both apart from what this module does:
 
 - DeepSpeed wants a micro-batch size, accumulation steps and a clipping norm in its own config. A tatk
   micro-batch is a token budget (``data.max_tokens``) holding a varying number of rows, so DeepSpeed is
@@ -43,6 +44,52 @@ def configure(accelerator, recipe) -> None:
         # tatk trains in bf16 *autocast* with fp32 trained weights (as under DDP): DeepSpeed's torch_autocast.
         ds["bf16"] = {"enabled": False}
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+
+
+class Updates:
+    """Backward passes and optimizer steps for one run, under DDP (or one process) or a DeepSpeed engine.
+
+    A step is ``grad_accum`` micro-batches: run each one's forward and backward inside ``micro(last)``,
+    call ``backward(loss)`` with the loss already divided by the whole window's label tokens, then
+    ``step(check)``, which clips, steps and returns the gradient norm. ``check(norm, when)`` raises on a
+    non-finite loss or norm, before the update where the norm is known in time.
+    """
+
+    def __init__(self, accelerator, model, optimizer, grad_clip: float):
+        self.accelerator, self.model, self.optimizer, self.grad_clip = accelerator, model, optimizer, grad_clip
+        self.zero = deepspeed_stage(accelerator)
+
+    def micro(self, last: bool):
+        """Context for one micro-batch's forward + backward."""
+        if self.zero is not None:  # the engine reduces gradients (ZeRO-2/3: every micro-batch) up to this boundary
+            self.model.set_gradient_accumulation_boundary(last)
+            return nullcontext()
+        # DDP all-reduces gradients only on the last micro-batch: the others just accumulate locally
+        return nullcontext() if last else self.accelerator.no_sync(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.zero is None:
+            self.accelerator.backward(loss)
+        else:  # the loss is already scaled for the whole window: DeepSpeed must not divide it again
+            self.model.backward(loss, scale_wrt_gas=False)
+
+    def step(self, check) -> float:
+        if self.zero is None:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf")))
+            check(grad_norm, "before")
+            self.optimizer.step()
+        else:  # the engine clips (optim.grad_clip) and steps; its gradient norm is known only afterwards
+            check(0.0, "before")
+            self.model.step()
+            grad_norm = float(self.model.get_global_grad_norm())
+            check(grad_norm, "after")  # not saved: the last checkpoint stays the last good one
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def load_state(self, folder: Path) -> None:
+        """Resume Accelerate's state; not strict: the frozen LLM is not in the checkpoint."""
+        strict = {"strict": False} if self.zero is None else {"load_module_strict": False}
+        self.accelerator.load_state(str(folder), **strict)
 
 
 def trained_weights(accelerator, model) -> dict[str, torch.Tensor]:
