@@ -1,0 +1,201 @@
+"""`tatk demo` in a real browser (Debian's chromium driven by Playwright), the Space folder (`tatk space`,
+`tatk push --space`) and its app.py served and queried, and the upload checks the page relies on.
+
+Set TATK_DEMO_SCREENSHOT=docs/demo.png to keep the page's screenshot for the docs (tools/demo_screenshot.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import REPO, run_tatk
+
+from tatk.export.app import check_audio
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing in the background that would reach the network (the machine may have none).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(cmd: list[str], port: int, log: Path, cwd: Path = REPO, env: dict | None = None, timeout: float = 240.0):
+    """Run ``cmd`` (a server on 127.0.0.1:``port``, output to ``log``) until the page answers; yields its URL;
+    stops it after."""
+    out = open(log, "w")  # a file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{' '.join(cmd)} exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{' '.join(cmd)}: no page at {url} after {timeout:.0f} s"
+            time.sleep(1.0)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+@pytest.fixture(scope="module")
+def clip(asr_run, tmp_path_factory) -> Path:
+    """One synthetic (espeak-ng) test clip of the fixture corpus, as its original encoded file."""
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(sorted(asr_run["corpus"].rglob("*test*.parquet"))[0], columns=["wav"]).to_pylist()[0]
+    path = tmp_path_factory.mktemp("clip") / Path(row["wav"]["path"]).name
+    path.write_bytes(row["wav"]["bytes"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(asr_run, clip) -> str:
+    """What users get from the pipeline for the clip: the reference the page must show."""
+    from tatk.export import load_pipeline
+
+    return load_pipeline(str(asr_run["run"]))(str(clip))["text"]
+
+
+def test_check_audio_refuses_bad_uploads(tmp_path):
+    """The reasons the page shows: not audio, empty, too long; a good file gives its duration."""
+    good = tmp_path / "good.wav"
+    soundfile.write(good, np.zeros(24_000, np.float32), 16_000)
+    assert check_audio(str(good), 10.0) == pytest.approx(1.5)
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio at all\n")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 16_000)
+    zero = tmp_path / "zero.flac"
+    zero.write_bytes(b"")
+    cases = {str(text): "notes.txt is not an audio file", str(empty): "empty.wav is empty",
+             str(zero): "zero.flac is not an audio file", str(good): "good.wav is 1.5 s long; this demo takes at most 1 s",
+             "": "no audio"}
+    for path, reason in cases.items():
+        with pytest.raises(ValueError, match=reason):
+            check_audio(path, 1.0 if path == str(good) else 10.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (tools/setup.sh installs it)")
+def test_demo_in_browser(asr_run, clip, expected, tmp_path):
+    """`tatk demo RUN`: upload the clip through the page, read the transcript the pipeline gives; a text file
+    shows the reason in the page; a screenshot after transcription is a real picture."""
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "tatk", "demo", str(asr_run["run"]), "--port", str(port), "--max-seconds", "60"]
+    with serving(cmd, port, tmp_path / "demo.log", env={"OMP_NUM_THREADS": "1"}) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 960, "height": 820})
+            page.goto(url)
+            page.locator("#audio input[type=file]").set_input_files(str(clip))
+            page.locator("#transcribe").click()
+            expect(page.locator("#status")).to_contain_text("transcribed in", timeout=120_000)
+            assert page.locator("#transcript textarea").input_value() == expected
+            seconds = soundfile.info(str(clip)).duration
+            expect(page.locator("#status")).to_contain_text(f"{seconds:.2f} s of audio")
+            assert not page.locator("#words").is_visible(), "word timestamps offered without an aligner"
+            shot = tmp_path / "demo.png"
+            page.screenshot(path=str(shot), full_page=True)
+
+            page.reload()  # a fresh page: the second upload replaces nothing left from the first
+            notes = tmp_path / "notes.txt"
+            notes.write_text("this is not audio\n")
+            page.locator("#audio input[type=file]").set_input_files(str(notes))
+            page.locator("#transcribe").click()
+            expect(page.locator("#status")).to_contain_text("Cannot transcribe", timeout=60_000)
+            expect(page.locator("#status")).to_contain_text("not an audio file")
+            assert page.locator("#transcript textarea").input_value() == ""
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.width >= 900 and img.height >= 500
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 100, "a blank or near-blank page"
+    if os.environ.get("TATK_DEMO_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["TATK_DEMO_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_space_folder_serves_the_same_app(asr_run, clip, expected, tmp_path):
+    """`tatk space`: README header, pinned requirements, app.py = the demo's app; served from the folder with
+    TATK_MODEL pointing at an export, its queue API gives the pipeline's transcript."""
+    from importlib.metadata import version
+
+    from gradio_client import Client, handle_file
+    from huggingface_hub import SpaceCard
+
+    space = tmp_path / "space"
+    run_tatk("space", "someone/tiny-asr", space)
+    meta = SpaceCard.load(space / "README.md").data
+    assert (meta.sdk, meta.app_file, meta.models, meta.sdk_version) == ("gradio", "app.py", ["someone/tiny-asr"], version("gradio"))
+    for line in (space / "requirements.txt").read_text().splitlines():
+        name, pinned = line.split("==")
+        assert pinned == version(name).split("+")[0]
+    app = (space / "app.py").read_text()
+    source = (REPO / "tatk/export/app.py").read_text()
+    assert app == source.replace("MODEL_ID = None", "MODEL_ID = 'someone/tiny-asr'")
+
+    model = tmp_path / "model"
+    run_tatk("export", asr_run["checkpoint"], model)
+    port = free_port()
+    env = {"TATK_MODEL": str(model), "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    with serving([sys.executable, "app.py"], port, tmp_path / "space.log", cwd=space, env=env) as url:
+        client = Client(url, verbose=False)
+        text, status, _ = client.predict(handle_file(str(clip)), False, api_name="/transcribe")
+    assert text == expected and "transcribed in" in status
+
+
+def test_push_space_dry_run_and_bad_ids(asr_run, tmp_path):
+    """`tatk push --space --dry-run` validates and lists both repositories' files; bad ids fail in one line."""
+    model = tmp_path / "model"
+    run_tatk("export", asr_run["checkpoint"], model)
+    out = run_tatk("push", model, "someone/tiny-asr", "--space", "someone/tiny-asr-demo", "--dry-run").stdout
+    assert "to someone/tiny-asr\n" in out and "would upload 3 files" in out and "to Space someone/tiny-asr-demo" in out
+    for name in ("app.py", "requirements.txt", "README.md"):
+        assert f"  {name}\n" in out
+    bad = run_tatk("push", model, "someone/tiny-asr", "--space", "not a repo!", "--dry-run", check=False)
+    assert bad.returncode == 2 and "not a Hub repository id" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run_tatk("space", "no-owner", tmp_path / "s", check=False)
+    assert bad.returncode == 2 and "give it as owner/name" in bad.stderr
+
+
+def test_demo_refuses_a_busy_port_before_loading(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        proc = run_tatk("demo", tmp_path / "no-such-model", "--port", busy, check=False)
+    assert proc.returncode == 2 and f"127.0.0.1:{busy}" in proc.stderr and "--port" in proc.stderr
