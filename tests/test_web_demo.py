@@ -82,7 +82,9 @@ def expected(asr_run, clip) -> str:
     """What users get from the pipeline for the clip: the reference the page must show."""
     from tatk.export import load_pipeline
 
-    return load_pipeline(str(asr_run["run"]))(str(clip))["text"]
+    text = load_pipeline(str(asr_run["run"]))(str(clip))["text"]
+    assert text, "the fixture model transcribes the clip to nothing: comparing with the page would prove little"
+    return text
 
 
 def test_check_audio_refuses_bad_uploads(tmp_path):
@@ -105,13 +107,13 @@ def test_check_audio_refuses_bad_uploads(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (tools/setup.sh installs it)")
 def test_demo_in_browser(asr_run, clip, expected, tmp_path):
     """`tatk demo RUN`: upload the clip through the page, read the transcript the pipeline gives; a text file
-    shows the reason in the page; a screenshot after transcription is a real picture."""
+    and a text file named .wav are refused with their reason in the page; a screenshot after transcription is a real picture."""
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
+    assert CHROMIUM.exists(), f"{CHROMIUM} missing: tools/setup.sh installs Debian's chromium"
     port = free_port()
     cmd = [sys.executable, "-m", "tatk", "demo", str(asr_run["run"]), "--port", str(port), "--max-seconds", "60"]
     with serving(cmd, port, tmp_path / "demo.log", env={"OMP_NUM_THREADS": "1"}) as url, sync_playwright() as pw:
@@ -129,13 +131,17 @@ def test_demo_in_browser(asr_run, clip, expected, tmp_path):
             shot = tmp_path / "demo.png"
             page.screenshot(path=str(shot), full_page=True)
 
-            page.reload()  # a fresh page: the second upload replaces nothing left from the first
+            page.reload()  # a fresh page: the next uploads replace nothing left from the first
             notes = tmp_path / "notes.txt"
             notes.write_text("this is not audio\n")
-            page.locator("#audio input[type=file]").set_input_files(str(notes))
+            page.locator("#audio input[type=file]").set_input_files(str(notes))  # refused by Gradio's own file-type check
+            expect(page.get_by_text("Invalid file type: notes.txt")).to_be_visible(timeout=30_000)
+            fake = tmp_path / "fake.wav"  # an audio name on text: passes the browser's check, not ours
+            fake.write_text("this is not audio either\n")
+            page.locator("#audio input[type=file]").set_input_files(str(fake))
             page.locator("#transcribe").click()
             expect(page.locator("#status")).to_contain_text("Cannot transcribe", timeout=60_000)
-            expect(page.locator("#status")).to_contain_text("not an audio file")
+            expect(page.locator("#status")).to_contain_text("fake.wav is not an audio file")
             assert page.locator("#transcript textarea").input_value() == ""
             assert "Traceback" not in page.content()
         finally:
