@@ -196,6 +196,11 @@ def test_push_space_dry_run_and_bad_ids(asr_run, tmp_path):
     assert bad.returncode == 2 and "not a Hub repository id" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     bad = run_tatk("space", "no-owner", tmp_path / "s", check=False)
     assert bad.returncode == 2 and "give it as owner/name" in bad.stderr
+    from tatk.errors import UserError
+    from tatk.export.space import push_space
+
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):  # conftest keeps the tests off the Hub
+        push_space("someone/tiny-asr", "someone/tiny-asr-demo")
 
 
 def test_demo_refuses_a_busy_port_before_loading(tmp_path):
@@ -205,3 +210,13 @@ def test_demo_refuses_a_busy_port_before_loading(tmp_path):
         busy = s.getsockname()[1]
         proc = run_tatk("demo", tmp_path / "no-such-model", "--port", busy, check=False)
     assert proc.returncode == 2 and f"127.0.0.1:{busy}" in proc.stderr and "--port" in proc.stderr
+
+
+def test_app_ships_alone():
+    """The Space's app.py is tatk/export/app.py verbatim: it may import no part of tatk."""
+    import ast
+
+    tree = ast.parse((REPO / "tatk/export/app.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] == "tatk" or n == ""], names

@@ -43,16 +43,8 @@ def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: 
     The token comes from huggingface_hub's usual places (``HF_TOKEN``, a cached login); it is never printed.
     """
     files = check_export(export_dir)
-    if not dry_run:
-        upload(export_dir, repo_id, "model", private=private, revision=revision, message=message)
-    return files
-
-
-def upload(folder: str | Path, repo_id: str, repo_type: str, private: bool = False, revision: str | None = None,
-           message: str = "Upload with tatk", **create) -> None:
-    """Create ``repo_id`` (a ``repo_type`` repository: model or space) if missing and upload ``folder`` to it,
-    hidden files left out; Hub failures become one-line ``UserError``s. ``create`` goes to ``create_repo``
-    (a Space needs ``space_sdk``)."""
+    if dry_run:
+        return files
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -62,11 +54,11 @@ def upload(folder: str | Path, repo_id: str, repo_type: str, private: bool = Fal
 
     api = HfApi()
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **create)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, revision=revision,
-                          commit_message=message, ignore_patterns=[".*", "**/.*"])
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, revision=revision, commit_message=message,
+                          ignore_patterns=[".*", "**/.*"])
     except OfflineModeIsEnabled:
         raise UserError("cannot push: HF_HUB_OFFLINE is set (unset it to reach the Hub)") from None
     except LocalTokenNotFoundError:
@@ -75,3 +67,4 @@ def upload(folder: str | Path, repo_id: str, repo_type: str, private: bool = Fal
         raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
     except (OSError, ValueError) as e:  # connection failures, bad repo ids
         raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
+    return files

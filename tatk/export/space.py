@@ -106,14 +106,29 @@ def check_space(folder: str | Path) -> list[tuple[str, int]]:
 def push_space(model_id: str, space_id: str, private: bool = False, license: str = "apache-2.0",
                dry_run: bool = False) -> list[tuple[str, int]]:
     """Write the Space for ``model_id`` to a temporary folder, validate it and (unless ``dry_run``) upload it
-    to the Space ``space_id`` (created with sdk gradio if missing); returns its files."""
+    to the Space ``space_id`` (created with sdk gradio if missing); returns its files. The token comes from
+    huggingface_hub's usual places; it is never printed."""
     import tempfile
-
-    from tatk.export.push import upload
 
     _check_id(space_id, "Space")
     with tempfile.TemporaryDirectory(prefix="tatk-space-") as tmp:
         files = write_space(model_id, tmp, license=license)
         if not dry_run:
-            upload(tmp, space_id, "space", private=private, message=f"Demo of {model_id}", space_sdk="gradio")
+            _upload(tmp, space_id, private, f"Demo of {model_id}")
     return files
+
+
+def _upload(folder: str, space_id: str, private: bool, message: str) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    api = HfApi()
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space", commit_message=message)
+    except OfflineModeIsEnabled:
+        raise UserError("cannot push the Space: HF_HUB_OFFLINE is set (unset it to reach the Hub)") from None
+    except LocalTokenNotFoundError:
+        raise UserError("cannot push the Space: no Hugging Face token (set HF_TOKEN or run `hf auth login`)") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:  # refusals, connection failures
+        raise UserError(f"cannot push the Space {space_id}: {first_line(e)}") from None
