@@ -78,11 +78,16 @@ def clip(asr_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(asr_run, clip) -> str:
-    """What users get from the pipeline for the clip: the reference the page must show."""
+def pipe(asr_run):
+    """The pipeline users get for the fixture model: the reference the page must agree with."""
     from tatk.export import load_pipeline
 
-    text = load_pipeline(str(asr_run["run"]))(str(clip))["text"]
+    return load_pipeline(str(asr_run["run"]))
+
+
+@pytest.fixture(scope="module")
+def expected(pipe, clip) -> str:
+    text = pipe(str(clip))["text"]
     assert text, "the fixture model transcribes the clip to nothing: comparing with the page would prove little"
     return text
 
@@ -106,42 +111,64 @@ def test_check_audio_refuses_bad_uploads(tmp_path):
             check_audio(path, 1.0 if path == str(good) else 10.0)
 
 
+def _upload_and_transcribe(page, path: Path | None) -> str:
+    """Upload ``path`` (None: the clip is already recorded) and press Transcribe once the page holds the
+    audio (its download link appears when the upload is done); returns the audio's URL on the server."""
+    if path is not None:
+        page.locator("#audio input[type=file]").set_input_files(str(path))
+    link = page.locator("#audio a[data-testid=download-link]")
+    link.wait_for(timeout=30_000)
+    page.locator("#transcribe").click()
+    return link.get_attribute("href")
+
+
 @pytest.mark.slow
-def test_demo_in_browser(asr_run, clip, expected, tmp_path):
-    """`tatk demo RUN`: upload the clip through the page, read the transcript the pipeline gives; a text file
-    and a text file named .wav are refused with their reason in the page; a screenshot after transcription is a real picture."""
+def test_demo_in_browser(asr_run, clip, pipe, expected, tmp_path):
+    """`tatk demo RUN`: the clip uploaded through the page, then recorded from a (fake) microphone, gives the
+    pipeline's transcript of the same audio; a text file, and a text file named .wav, are refused with their
+    reason in the page; a screenshot after transcription is a real picture."""
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM.exists(), f"{CHROMIUM} missing: tools/setup.sh installs Debian's chromium"
-    port = free_port()
+    mic = tmp_path / "mic.wav"  # chromium's fake microphone plays a WAV file, in a loop
+    soundfile.write(mic, soundfile.read(clip)[0], soundfile.info(str(clip)).samplerate, subtype="PCM_16")
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}"]
+    port, status = free_port(), "#status"
     cmd = [sys.executable, "-m", "tatk", "demo", str(asr_run["run"]), "--port", str(port), "--max-seconds", "60"]
     with serving(cmd, port, tmp_path / "demo.log", env={"OMP_NUM_THREADS": "1"}) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + fake_mic)
         try:
             page = browser.new_page(viewport={"width": 960, "height": 820})
             page.goto(url)
-            page.locator("#audio input[type=file]").set_input_files(str(clip))
-            page.locator("#transcribe").click()
-            expect(page.locator("#status")).to_contain_text("transcribed in", timeout=120_000)
-            assert page.locator("#transcript textarea").input_value() == expected
+            _upload_and_transcribe(page, clip)
             seconds = soundfile.info(str(clip)).duration
-            expect(page.locator("#status")).to_contain_text(f"{seconds:.2f} s of audio")
+            expect(page.locator(status)).to_contain_text(f"{seconds:.2f} s of audio, transcribed in", timeout=120_000)
+            assert page.locator("#transcript textarea").input_value() == expected
             assert not page.locator("#words").is_visible(), "word timestamps offered without an aligner"
             shot = tmp_path / "demo.png"
             page.screenshot(path=str(shot), full_page=True)
 
-            page.reload()  # a fresh page: the next uploads replace nothing left from the first
+            page.reload()  # a fresh page for each of the next inputs
+            page.get_by_role("button", name="Record audio").click()
+            page.locator("#audio button.record-button").click()
+            page.wait_for_timeout(3000)
+            page.locator("#audio button.stop-button").click()
+            recorded = tmp_path / "recorded.wav"  # what the server got: the reference transcript is of this file
+            recorded.write_bytes(urllib.request.urlopen(_upload_and_transcribe(page, None)).read())
+            got = soundfile.info(str(recorded)).duration
+            expect(page.locator(status)).to_contain_text(f"{got:.2f} s of audio, transcribed in", timeout=120_000)
+            assert got > 1.0 and page.locator("#transcript textarea").input_value() == pipe(str(recorded))["text"]
+
+            page.reload()
             notes = tmp_path / "notes.txt"
             notes.write_text("this is not audio\n")
             page.locator("#audio input[type=file]").set_input_files(str(notes))  # refused by Gradio's own file-type check
             expect(page.get_by_text("Invalid file type: notes.txt")).to_be_visible(timeout=30_000)
             fake = tmp_path / "fake.wav"  # an audio name on text: passes the browser's check, not ours
             fake.write_text("this is not audio either\n")
-            page.locator("#audio input[type=file]").set_input_files(str(fake))
-            page.locator("#transcribe").click()
-            expect(page.locator("#status")).to_contain_text("Cannot transcribe", timeout=60_000)
-            expect(page.locator("#status")).to_contain_text("fake.wav is not an audio file")
+            _upload_and_transcribe(page, fake)
+            expect(page.locator(status)).to_contain_text("Cannot transcribe: fake.wav is not an audio file", timeout=60_000)
             assert page.locator("#transcript textarea").input_value() == ""
             assert "Traceback" not in page.content()
         finally:
