@@ -247,3 +247,37 @@ def test_app_ships_alone():
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] == "tatk" or n == ""], names
+
+
+class _Timed:
+    """The real pipeline, noting when each call starts and ends (to see whether calls overlap)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.model, self.spans = pipe, pipe.model, []
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.pipe(*args, **kwargs)
+        self.spans.append((start, time.perf_counter()))
+        return out
+
+
+@pytest.mark.slow
+def test_requests_wait_in_line(pipe, clip, expected):
+    """Four requests sent at once are answered one after another (Gradio's queue), each with the transcript."""
+    from gradio_client import Client, handle_file
+
+    from tatk.export.app import build_app, launch
+
+    timed, port = _Timed(pipe), free_port()
+    app = build_app(timed)
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        jobs = [client.submit(handle_file(str(clip)), False, api_name="/transcribe") for _ in range(4)]
+        texts = [job.result(timeout=120)[0] for job in jobs]
+    finally:
+        app.close()
+    assert texts == [expected] * 4 and len(timed.spans) == 4
+    spans = sorted(timed.spans)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
