@@ -103,7 +103,12 @@ def test_check_audio_refuses_bad_uploads(tmp_path):
     soundfile.write(empty, np.zeros(0, np.float32), 16_000)
     zero = tmp_path / "zero.flac"
     zero.write_bytes(b"")
-    cases = {str(text): "notes.txt is not an audio file", str(empty): "empty.wav is empty",
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, np.random.default_rng(0).standard_normal(48_000).astype(np.float32) * 0.1, 16_000)
+    cut = tmp_path / "cut.flac"  # its header promises 3 s; the data breaks off a third of the way in
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    assert soundfile.info(str(cut)).duration == pytest.approx(3.0)
+    cases = {str(cut): "cut.flac is damaged", str(text): "notes.txt is not an audio file", str(empty): "empty.wav is empty",
              str(zero): "zero.flac is not an audio file", str(good): "good.wav is 1.5 s long; this demo takes at most 1 s",
              "": "no audio"}
     for path, reason in cases.items():

@@ -24,7 +24,8 @@ FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 
 def check_audio(path: str | None, max_seconds: float) -> float:
     """The duration in seconds of the audio file at ``path``; ``ValueError`` with a one-line reason when it is
-    missing, not audio soundfile can read, empty, or longer than ``max_seconds``. Reads the header only."""
+    missing, not audio soundfile can read, empty, longer than ``max_seconds`` (known from the header, before
+    decoding) or damaged."""
     if not path:
         raise ValueError("no audio: upload a file or record from the microphone first")
     try:
@@ -36,6 +37,10 @@ def check_audio(path: str | None, max_seconds: float) -> float:
     seconds = info.frames / info.samplerate
     if seconds > max_seconds:
         raise ValueError(f"{os.path.basename(path)} is {seconds:.1f} s long; this demo takes at most {max_seconds:g} s")
+    try:  # a sound header on broken data (a cut-off download): decoding fails only here, and it is cheap
+        soundfile.read(path, dtype="float32")
+    except RuntimeError as e:
+        raise ValueError(f"{os.path.basename(path)} is damaged ({str(e).strip()})") from None
     return seconds
 
 
@@ -53,8 +58,8 @@ def transcribe(pipe, path: str | None, words: bool, max_seconds: float) -> tuple
         start = time.perf_counter()
         out = pipe(path, return_timestamps="word") if words else pipe(path)
         took = time.perf_counter() - start
-    except ValueError as e:  # check_audio's reasons, and the pipeline's own for undecodable audio
-        return "", f"**Cannot transcribe:** {e}", []
+    except (ValueError, RuntimeError) as e:  # check_audio's reasons; a file that breaks off mid-way; out of memory
+        return "", f"**Cannot transcribe:** {(str(e).strip().splitlines() or [type(e).__name__])[0]}", []
     rows = [[c["text"], round(c["timestamp"][0], 2), round(c["timestamp"][1], 2)] for c in out.get("chunks", [])] if words else []
     return out["text"], f"{seconds:.2f} s of audio, transcribed in {took:.2f} s", rows
 
