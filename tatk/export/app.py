@@ -60,7 +60,8 @@ def transcribe(pipe, path: str | None, words: bool, max_seconds: float) -> tuple
         took = time.perf_counter() - start
     except (ValueError, RuntimeError) as e:  # check_audio's reasons; a file that breaks off mid-way; out of memory
         return "", f"**Cannot transcribe:** {(str(e).strip().splitlines() or [type(e).__name__])[0]}", []
-    rows = [[c["text"], round(c["timestamp"][0], 2), round(c["timestamp"][1], 2)] for c in out.get("chunks", [])] if words else []
+    chunks = out.get("chunks", []) if words else []  # transformers' format: {"text": word, "timestamp": (start, end)}
+    rows = [[c["text"], round(c["timestamp"][0], 2), round(c["timestamp"][1], 2)] for c in chunks]
     return out["text"], f"{seconds:.2f} s of audio, transcribed in {took:.2f} s", rows
 
 
