@@ -286,3 +286,43 @@ def test_requests_wait_in_line(pipe, clip, expected):
     assert texts == [expected] * 4 and len(timed.spans) == 4
     spans = sorted(timed.spans)
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
+@pytest.mark.slow
+def test_word_timestamps_in_the_page(asr_run, clip, tmp_path):
+    """A model exported with a forced aligner: the page offers word timestamps, and its table holds the
+    pipeline's words and times for the clip. Needs `tatk export --aligner` (word timestamps); skipped before."""
+    import inspect
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tatk.export import export, load_pipeline
+    from tatk.export.app import build_app, launch
+
+    if "aligner" not in inspect.signature(export).parameters:
+        pytest.skip("this tatk has no word timestamps yet (tatk export --aligner)")
+    from tatk.synthetic.recognizers import build_tiny_recognizer  # with word timestamps, tiny CTC aligners
+
+    folder = export(asr_run["checkpoint"], tmp_path / "export", aligner=str(build_tiny_recognizer("wav2vec2-ctc", tmp_path / "ctc")))
+    pipe = load_pipeline(str(folder))
+    words = [[c["text"], round(c["timestamp"][0], 2), round(c["timestamp"][1], 2)]
+             for c in pipe(str(clip), return_timestamps="word")["chunks"]]
+    assert words, "no words to compare"
+    app, port = build_app(pipe), free_port()
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#words input[type=checkbox]").check()
+            _upload_and_transcribe(page, clip)
+            expect(page.locator("#status")).to_contain_text("transcribed in", timeout=120_000)
+            shown = page.locator("#word-table").inner_text().split()  # header cells, then each row's cells
+            browser.close()
+    finally:
+        app.close()
+    assert shown[:5] == ["word", "start", "(s)", "end", "(s)"]
+    cells = shown[5:]
+    assert [[w, float(a), float(b)] for w, a, b in zip(cells[::3], cells[1::3], cells[2::3])] == words
+    assert len(cells) == 3 * len(words)
