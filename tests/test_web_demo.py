@@ -78,6 +78,14 @@ def clip(asr_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def exported(asr_run, tmp_path_factory) -> Path:
+    """The fixture model exported (`tatk export`), as a Space or `tatk push` would get it."""
+    out = tmp_path_factory.mktemp("export") / "model"
+    run_tatk("export", asr_run["checkpoint"], out)
+    return out
+
+
+@pytest.fixture(scope="module")
 def pipe(asr_run):
     """The pipeline users get for the fixture model: the reference the page must agree with."""
     from tatk.export import load_pipeline
@@ -187,7 +195,7 @@ def test_demo_in_browser(asr_run, clip, pipe, expected, tmp_path):
 
 
 @pytest.mark.slow
-def test_space_folder_serves_the_same_app(asr_run, clip, expected, tmp_path):
+def test_space_folder_serves_the_same_app(exported, clip, expected, tmp_path):
     """`tatk space`: README header, pinned requirements, app.py = the demo's app; served from the folder with
     TATK_MODEL pointing at an export, its queue API gives the pipeline's transcript."""
     from importlib.metadata import version
@@ -206,20 +214,17 @@ def test_space_folder_serves_the_same_app(asr_run, clip, expected, tmp_path):
     source = (REPO / "tatk/export/app.py").read_text()
     assert app == source.replace("MODEL_ID = None", "MODEL_ID = 'someone/tiny-asr'")
 
-    model = tmp_path / "model"
-    run_tatk("export", asr_run["checkpoint"], model)
     port = free_port()
-    env = {"TATK_MODEL": str(model), "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    env = {"TATK_MODEL": str(exported), "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     with serving([sys.executable, "app.py"], port, tmp_path / "space.log", cwd=space, env=env) as url:
         client = Client(url, verbose=False)
         text, status, _ = client.predict(handle_file(str(clip)), False, api_name="/transcribe")
     assert text == expected and "transcribed in" in status
 
 
-def test_push_space_dry_run_and_bad_ids(asr_run, tmp_path):
+def test_push_space_dry_run_and_bad_ids(exported, tmp_path):
     """`tatk push --space --dry-run` validates and lists both repositories' files; bad ids fail in one line."""
-    model = tmp_path / "model"
-    run_tatk("export", asr_run["checkpoint"], model)
+    model = exported
     out = run_tatk("push", model, "someone/tiny-asr", "--space", "someone/tiny-asr-demo", "--dry-run").stdout
     assert "to someone/tiny-asr\n" in out and "would upload 3 files" in out and "to Space someone/tiny-asr-demo" in out
     for name in ("app.py", "requirements.txt", "README.md"):
