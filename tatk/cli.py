@@ -176,19 +176,64 @@ def push(
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to upload to (created if missing); default main.")] = None,
     message: Annotated[str, typer.Option(help="Commit message.")] = "Upload tatk model",
-    dry_run: Annotated[bool, typer.Option(help="Only validate the folder and list what would be uploaded.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only validate the folder (and the Space) and list what would be uploaded.")] = False,
+    space: Annotated[Optional[str], typer.Option(help="Also publish a demo page for the model: a Gradio Space, e.g. you/tatk-asr-demo (created if missing).")] = None,
 ) -> None:
     """Upload an export folder to the Hub. The token comes from HF_TOKEN or a cached `hf auth login`."""
     from tatk.export import push as run_push
+    from tatk.export.space import push_space
 
     try:
         files = run_push(export_dir, repo_id, private=private, revision=revision, message=message, dry_run=dry_run)
+        space_files = push_space(repo_id, space, private=private, dry_run=dry_run) if space else []
+    except UserError as e:
+        _fail(str(e))
+    _list_files(files, repo_id, dry_run)
+    if space:
+        _list_files(space_files, f"Space {space}", dry_run)
+
+
+def _list_files(files: list[tuple[str, int]], where: str, dry_run: bool) -> None:
+    for name, size in files:
+        print(f"{size:>14,}  {name}")
+    total = sum(size for _, size in files)
+    print(f"{'would upload' if dry_run else 'uploaded'} {len(files)} files, {total:,} bytes to {where}")
+
+
+@app.command()
+def space(
+    model_id: Annotated[str, typer.Argument(help="Hub model repository the Space demos, e.g. you/tatk-asr.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write app.py, requirements.txt and README.md into.")],
+    license: Annotated[str, typer.Option(help="License id for the Space's metadata.")] = "apache-2.0",
+) -> None:
+    """Write a Hugging Face Space folder (Gradio) that demos MODEL_ID; try it with TATK_MODEL=EXPORT_DIR python OUT_DIR/app.py."""
+    from tatk.export.space import write_space
+
+    try:
+        files = write_space(model_id, out_dir, license=license)
     except UserError as e:
         _fail(str(e))
     for name, size in files:
         print(f"{size:>14,}  {name}")
-    total = sum(size for _, size in files)
-    print(f"{'would upload' if dry_run else 'uploaded'} {len(files)} files, {total:,} bytes to {repo_id}")
+    print(f"wrote a Space for {model_id}: {out_dir}")
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Argument(help="Checkpoint, run or export folder, or Hub id.")],
+    port: Annotated[int, typer.Option(help="Port to serve the page on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the page to your network.")] = "127.0.0.1",
+    share: Annotated[bool, typer.Option(help="Also open a temporary public gradio.live link.")] = False,
+    max_seconds: Annotated[float, typer.Option(help="Refuse uploads longer than this, in seconds.")] = 120.0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1...; default cuda when available.")] = None,
+) -> None:
+    """Try a model in the browser: upload or record audio and read the transcript (a Gradio page on http://HOST:PORT)."""
+    from tatk.export.demo import DemoOptions, run_demo
+
+    try:
+        run_demo(DemoOptions(model=model, host=host, port=port, share=share, max_seconds=max_seconds, device=device))
+    except UserError as e:
+        _fail(str(e))
 
 
 def main() -> None:
