@@ -89,9 +89,15 @@ class ConvDownsampler(nn.Module):
         return (half - 1) // 2 + 1
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) → (B, output_length(T), out_dim). Frames past an utterance's end must be zero."""
-        h = self.conv2(F.gelu(self.conv1(x.transpose(1, 2))))
-        return self.norm(h.transpose(1, 2))
+        """(B, T, D) → (B, output_length(T), out_dim). Frames past an utterance's end must be zero.
+
+        The first conv's outputs past a row's end (``lens``) are zeroed too: they are its bias, not zeros, and
+        the second conv's last window would otherwise see them only when the batch padded the row."""
+        h = F.gelu(self.conv1(x.transpose(1, 2)))  # (B, hidden, T/2)
+        if lens is not None:
+            half = (lens.to(h.device) - 1) // 2 + 1
+            h = h * (torch.arange(h.shape[2], device=h.device)[None, :] < half[:, None]).unsqueeze(1)
+        return self.norm(self.conv2(h).transpose(1, 2))
 
 
 PROJECTORS: dict[str, type[nn.Module]] = {"mlp": StackedMLP, "swiglu": StackedSwiGLU, "conv": ConvDownsampler,
