@@ -85,7 +85,9 @@ class MoeProjector(nn.Module):
         self.pre_norm = nn.RMSNorm(wide)
         self.shared = SwiGLU(wide, hidden, out_dim)
         self.router = nn.Linear(wide, experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(wide, expert_hidden or hidden, out_dim) for _ in range(experts))
+        # default width: the routed experts together are as wide as the shared one
+        width = expert_hidden or max(hidden // experts, 1)
+        self.experts = nn.ModuleList(SwiGLU(wide, width, out_dim) for _ in range(experts))
         self.post_norm = nn.RMSNorm(out_dim)
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.routed = torch.zeros(experts)

@@ -26,7 +26,7 @@ class MoeConfig:
 
     experts: int = 4  #: routed SwiGLU experts (a shared expert of width projector.hidden always runs besides)
     top_k: int = 2  #: routed experts per stacked frame (at most experts)
-    expert_hidden: int = 0  #: each routed expert's hidden width (0: projector.hidden)
+    expert_hidden: int = 0  #: each routed expert's hidden width (0: projector.hidden / experts, so all routed experts together are as wide as the shared one)
     balance_weight: float = 0.01  #: weight of the load-balancing loss (1 when routing is uniform) added to the training loss
     z_weight: float = 0.001  #: weight of the router z-loss (mean squared log-sum-exp of router logits) added to the training loss
 
