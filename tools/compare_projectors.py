@@ -63,7 +63,7 @@ def train(kind: str, args) -> dict:
 
 
 def table(rows: list[dict], steps: int) -> str:
-    lines = [f"| projector | projector params | trainable params | samples/s | train loss (first → step {steps}) "
+    lines = [f"| projector | projector params | trainable params | samples/s | train loss (first → last log, step {steps}) "
              f"| dev loss | dev WER | wall |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['kind']}` | {r['projector']:,} | {r['trainable']:,} | {r['samples_per_s']:.1f} | "
