@@ -47,10 +47,22 @@ def print_summary(console: Console, out: Path, split: str, manifest: dict, wall_
     table.add_row("split", split)
     stored = enc.get("dtype") or f"audio: {manifest['audio']['format']} {manifest['audio']['sample_rate']} Hz"
     table.add_row("encoder", f"{enc['id']} ({enc['kind']}, dim {enc['dim']}, {enc['frame_rate']:g} frames/s, {stored})")
+    table.add_row("units done", f"{len(info['units'])} / {len(info['units'])}")
+    skipped_n = sum(info["skipped"].values())
+    table.add_row("rows", f"{info['samples']:,} kept, {skipped_n:,} skipped, {info['rows']:,} total")
     table.add_row("shards", str(len(info["shards"])))
-    table.add_row("samples", f"{info['samples']:,}")
     table.add_row("audio", f"{info['hours']:.3f} h")
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(info["skipped"].items())) or "none"
-    table.add_row("skipped", f"{sum(info['skipped'].values())} ({skipped})")
+    table.add_row("skipped", f"{skipped_n} ({skipped})")
     table.add_row("wall time", f"{wall_s:.1f} s")
+    console.print(table)
+
+
+def print_verified(console: Console, out: Path, found: dict[str, dict]) -> None:
+    """The result of ``tatk shard --verify``: per split, units done / total and rows kept / skipped / total."""
+    table = Table(title=f"tatk shard --verify {out}: complete")
+    for column in ("split", "units done", "rows kept", "skipped", "total"):
+        table.add_column(column)
+    for split, f in found.items():
+        table.add_row(split, f"{f['units']} / {f['units']}", f"{f['kept']:,}", f"{f['skipped']:,}", f"{f['rows']:,}")
     console.print(table)
