@@ -165,9 +165,9 @@ def run_shard(cfg: ShardConfig) -> dict:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
     corpus = Corpus(cfg.corpus, cfg.max_samples)  # lists the units; fails now on a wrong id, path or column
-    audio = cfg.store == "audio"
-    # fails now on a wrong encoder id; storing audio needs only its config and preprocessing
-    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=not audio)
+    # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
+    # or a finished folder never loads the weights (storing audio never needs them).
+    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False)
     check_content(out, read_manifest(out) if (out / "manifest.json").exists() else {}, cfg.store)
     book = UnitBook(out, cfg.corpus.split)
     book.agree(_options(cfg, encoder), [dict(path=u.path, first=u.first, rows=u.rows) for u in corpus.units])
@@ -177,6 +177,8 @@ def run_shard(cfg: ShardConfig) -> dict:
     t0, done_here = time.perf_counter(), []
     timing = dict(forward_s=0.0, audio_s=0.0)
     if todo:
+        if cfg.store == "features":
+            encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype)
         _work(cfg, out, corpus, encoder, book, todo, console, state.is_main_process, timing, done_here)
     records = [book.done(u.name) for u in corpus.units]
     missing = [u.name for u, r in zip(corpus.units, records) if r is None]
