@@ -47,6 +47,7 @@ def shard(
     store: Annotated[str, typer.Option(help="What the shards hold: 'features' (the encoder's output; training never runs it) or 'audio' (16 kHz FLAC; training runs the encoder, so it can adapt it with LoRA).")] = "features",
     max_samples: Annotated[Optional[int], typer.Option(help="Stop after this many input rows (for trials).")] = None,
     workers: Annotated[int, typer.Option(help="Background processes decoding and resampling audio.")] = 1,
+    window: Annotated[Optional[str], typer.Option(help="GLM-ASR only: '30s' pads every clip to 30 s (the default, as GLM-ASR's processor does) or 'fit' pads each clip to its next whole second (several times less encoder work on short clips). Whisper is always 30s; waveform encoders always fit.")] = None,
 ) -> None:
     """Run a frozen audio encoder over a corpus once and write WebDataset shards of its features.
 
@@ -62,7 +63,7 @@ def shard(
     )
     cfg = ShardConfig(
         out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
-        shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers,
+        shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers, window=window,
         command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:

@@ -46,6 +46,7 @@ class ShardConfig:
     shard_size_mb: float = 256.0
     dtype: str = "float16"
     store: str = "features"  # features (encoder output) | audio (16 kHz FLAC, for training the encoder)
+    window: str | None = None  # 30s | fit (GLM-ASR only); None: the encoder kind's default (see model/encoder.py)
     max_samples: int | None = None
     workers: int = 1
     command: str = ""
@@ -127,13 +128,13 @@ def run_shard(cfg: ShardConfig) -> dict:
     corpus = Corpus(cfg.corpus)  # fails now on a wrong id, path or column
     audio = cfg.store == "audio"
     # fails now on a wrong encoder id; storing audio needs only its config and preprocessing
-    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=not audio)
+    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=not audio, window=cfg.window)
     manifest_path = out / "manifest.json"
     check_content(out, read_manifest(out) if manifest_path.exists() else {}, cfg.store)
     # What decides the shards' contents; a resumed run must agree on all of it.
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "corpus", "batch_size", "workers", "command")}
     options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
-    options["revision"] = encoder.info.revision
+    options["revision"], options["window"] = encoder.info.revision, encoder.window
     writer = ShardWriter(out, cfg.corpus.split, state.process_index, state.num_processes,
                          int(cfg.shard_size_mb * 1e6), encoder.info.dim, cfg.dtype, options, cfg.store)
     start = writer.resume()
