@@ -49,6 +49,7 @@ def shard(
     workers: Annotated[int, typer.Option(help="Background processes reading units and decoding audio (each reads whole units).")] = 1,
     max_skip_fraction: Annotated[float, typer.Option(help="Stop when one skip reason covers more than this share of the first 1,000 rows or of any unit.")] = 0.5,
     verify: Annotated[Optional[Path], typer.Option(help="Check a shard folder instead: every unit done, every row counted, every tar readable and matching its sha256.")] = None,
+    window: Annotated[Optional[str], typer.Option(help="GLM-ASR only: '30s' pads every clip to 30 s (the default, as GLM-ASR's processor does) or 'fit' pads each clip to its next whole second (several times less encoder work on short clips). Whisper is always 30s; waveform encoders always fit.")] = None,
 ) -> None:
     """Run a frozen audio encoder over a corpus once and write WebDataset shards of its features.
 
@@ -80,7 +81,7 @@ def shard(
     cfg = ShardConfig(
         out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
         shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers,
-        max_skip_fraction=max_skip_fraction, command=" ".join(["tatk", *sys.argv[1:]]),
+        max_skip_fraction=max_skip_fraction, window=window, command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:
         run_shard(cfg)

@@ -171,6 +171,7 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
     import torch
 
     from tatk.train.checkpoint import load_trained, resolve
+    from tatk.shard.encoders import manifest_window
     from tatk.shard.format import read_manifest, read_split
 
     path = Path(opt.model)
@@ -190,6 +191,9 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
     if enc["id"] != recipe.features.encoder or enc["dim"] != recipe.features.dim:
         raise UserError(f"--data {opt.data}: features of {enc['id']!r} ({enc['dim']}-dim), but {ckpt} was trained on "
                         f"{recipe.features.encoder!r} ({recipe.features.dim}-dim)")
+    if recipe.features.window and manifest_window(enc) != recipe.features.window:
+        raise UserError(f"--data {opt.data}: made with {manifest_window(enc)!r} encoder windows, but {ckpt} was trained "
+                        f"on {recipe.features.window!r} windows")
     max_new = opt.max_new_tokens or recipe.eval.max_new_tokens
 
     def run_batch(batch: list[Item]) -> list[str]:

@@ -143,14 +143,15 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, ev
     if name == "mel" or name.startswith("mel:"):
         n_mels = int(name.split(":")[1]) if ":" in name else 80
         encoder, kind, extractor, enc_rev = None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "log-mel"
+        window = "fit"
     else:
-        frozen = FrozenEncoder(name, dtype="float32", network=merged)
-        encoder, kind, extractor = frozen.model, frozen.kind, frozen.extractor
+        frozen = FrozenEncoder(name, dtype="float32", network=merged, window=recipe.features.window or None)
+        encoder, kind, extractor, window = frozen.model, frozen.kind, frozen.extractor, frozen.window
         enc_rev = _encoder_revision(recipe, frozen.info.revision)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
     cfg = TatkAsrConfig(
-        encoder=name, encoder_revision=enc_rev, encoder_kind=kind, feature_dim=recipe.features.dim,
+        encoder=name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window, feature_dim=recipe.features.dim,
         normalize=recipe.features.normalize, llm=recipe.model.llm, llm_revision=llm_rev,
         llm_hidden=model.llm.get_input_embeddings().embedding_dim, projector_kind=recipe.projector.kind,
         projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden, decoder=recipe.model.decoder,

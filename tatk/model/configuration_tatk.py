@@ -20,6 +20,7 @@ class TatkAsrConfig(PretrainedConfig):
         encoder: str = "",  # encoder Hub id or folder, or "mel:N" (log-mel, no network)
         encoder_revision: str = "",
         encoder_kind: str = "mel",  # glmasr | whisper | hubert | wav2vec2 | ... | mel
+        encoder_window: str = "",  # 30s | fit: how clips are padded before the encoder, as in the shards; "": kind's default
         feature_dim: int = 0,  # encoder frame size D
         normalize: str = "utterance",  # none | utterance | global (statistics in the weights)
         llm: str = "",  # causal LM Hub id or folder
@@ -45,6 +46,7 @@ class TatkAsrConfig(PretrainedConfig):
     ):
         super().__init__(**kwargs)
         self.encoder, self.encoder_revision, self.encoder_kind = encoder, encoder_revision, encoder_kind
+        self.encoder_window = encoder_window
         self.feature_dim, self.normalize = feature_dim, normalize
         self.llm, self.llm_revision, self.llm_hidden = llm, llm_revision, llm_hidden
         self.projector_kind, self.projector_stack, self.projector_hidden = projector_kind, projector_stack, projector_hidden

@@ -131,7 +131,8 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
     def audio_encoder(self, extractor) -> AudioEncoder:
         """The encoder's two halves (prepare on CPU, encode on this model's device) around ``extractor``."""
         conv = conv_layers(self.encoder.config) if self.encoder is not None else []
-        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype)
+        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype,
+                            window=getattr(self.config, "encoder_window", "") or None)
 
     @torch.no_grad()
     def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None) -> list[torch.Tensor]:

@@ -53,6 +53,7 @@ class ShardConfig:
     max_samples: int | None = None
     workers: int = 1
     max_skip_fraction: float = 0.5  # stop when one skip reason covers more of the first 1,000 rows or of a unit
+    window: str | None = None  # 30s | fit (GLM-ASR only); None: the encoder kind's default (see model/encoder.py)
     command: str = ""
 
 
@@ -130,7 +131,7 @@ def _options(cfg: ShardConfig, encoder: FrozenEncoder) -> dict:
     shape = ("out", "corpus", "batch_size", "workers", "command", "max_skip_fraction")
     options = {k: v for k, v in asdict(cfg).items() if k not in shape}
     options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
-    options["revision"] = encoder.info.revision
+    options["revision"], options["window"] = encoder.info.revision, encoder.window
     return options
 
 
@@ -167,7 +168,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     corpus = Corpus(cfg.corpus, cfg.max_samples)  # lists the units; fails now on a wrong id, path or column
     # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
     # or a finished folder never loads the weights (storing audio never needs them).
-    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False)
+    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False, window=cfg.window)
     check_content(out, read_manifest(out) if (out / "manifest.json").exists() else {}, cfg.store)
     book = UnitBook(out, cfg.corpus.split)
     book.agree(_options(cfg, encoder), [dict(path=u.path, first=u.first, rows=u.rows) for u in corpus.units])
@@ -178,7 +179,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     timing = dict(forward_s=0.0, audio_s=0.0)
     if todo:
         if cfg.store == "features":
-            encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype)
+            encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, window=cfg.window)
         _work(cfg, out, corpus, encoder, book, todo, console, state.is_main_process, timing, done_here)
     records = [book.done(u.name) for u in corpus.units]
     missing = [u.name for u, r in zip(corpus.units, records) if r is None]

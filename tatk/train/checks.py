@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from tatk.errors import UserError
 from tatk.model.projectors import PROJECTORS
+from tatk.shard.encoders import manifest_window
 from tatk.shard.format import read_manifest
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, con
         raise UserError(f"features.encoder: is {features.encoder!r} but {path} was made with {encoder['id']!r}")
     if encoder["dim"] != features.dim:
         raise UserError(f"features.dim: is {features.dim} but {path} holds {encoder['dim']}-dim features")
+    window = manifest_window(encoder)
+    if features.window and features.window != window:
+        raise UserError(f"features.window: is {features.window!r} but {path} was made with {window!r} windows "
+                        f"(`tatk shard --window {window}`); exports must encode audio exactly as the shards were made")
+    features.window = window  # resolved here, so the run's recipe.toml (and every export) records it
     if split not in manifest["splits"]:
         raise UserError(f"{key}.split: {path} has no split {split!r} (has {sorted(manifest['splits'])})")
 
@@ -45,6 +51,7 @@ def _check_values(r: Recipe) -> None:
                "model.decoder": (r.model.decoder, ("frozen", "lora", "full")),
                "model.encoder": (r.model.encoder, ("frozen", "lora")),
                "data.content": (r.data.content, ("features", "audio")),
+               "features.window": (r.features.window, ("", "30s", "fit")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
                "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
     for key, (value, allowed) in choices.items():

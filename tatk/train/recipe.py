@@ -31,6 +31,7 @@ class FeaturesConfig:
     encoder: str = ""  #: encoder id the shards were made with; must equal every manifest's encoder.id
     dim: int = 0  #: feature size per frame; must equal every manifest's encoder.dim
     normalize: str = "utterance"  #: none | utterance (mean/var per clip) | global (manifest stats)
+    window: str = ""  #: encoder window the shards were made with: 30s | fit (`tatk shard --window`); empty: read from the manifests, which must agree
 
 
 @dataclass
