@@ -248,6 +248,7 @@ def test_claims_are_taken_over_only_from_dead_or_silent_owners(tmp_path):
     from tatk.shard.units import STALE_SECONDS, UnitBook, owner
 
     book = UnitBook(tmp_path, "train")
+    book.agree({}, [])
     me = owner()
     first = book.claim("u00000", me)
     assert first is not None and book.claim("u00000", me) is None  # held by a live process (this one)

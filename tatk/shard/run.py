@@ -164,12 +164,13 @@ def run_shard(cfg: ShardConfig) -> dict:
     # processes never wait on each other (no collective calls).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
-    corpus = Corpus(cfg.corpus, cfg.max_samples)  # lists the units; fails now on a wrong id, path or column
+    book = UnitBook(out, cfg.corpus.split)
+    # Lists the units (at the commit a resumed job started on); fails now on a wrong id, path or column.
+    corpus = Corpus(cfg.corpus, cfg.max_samples, book.pinned_revision())
     # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
     # or a finished folder never loads the weights (storing audio never needs them).
     encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False)
     check_content(out, read_manifest(out) if (out / "manifest.json").exists() else {}, cfg.store)
-    book = UnitBook(out, cfg.corpus.split)
     book.agree(_options(cfg, encoder), [dict(path=u.path, first=u.first, rows=u.rows) for u in corpus.units])
     todo = _todo(out, book, corpus)
     if len(todo) < len(corpus.units) and state.is_main_process:
