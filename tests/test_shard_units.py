@@ -242,3 +242,28 @@ def test_listing_blocks_cover_every_row_once(tmp_path, monkeypatch):
     (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
     got = [r for u in listing.listing_units([tmp_path / "x.jsonl"]) for r in listing.read_unit(u, [])]
     assert got[:8] == rows[:8] and got[9] == rows[9] and "_bad" in got[8]
+
+
+def test_claims_are_taken_over_only_from_dead_or_silent_owners(tmp_path):
+    from tatk.shard.units import STALE_SECONDS, UnitBook, owner
+
+    book = UnitBook(tmp_path, "train")
+    book.agree({}, [])
+    me = owner()
+    first = book.claim("u00000", me)
+    assert first is not None and book.claim("u00000", me) is None  # held by a live process (this one)
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    first.write_text(json.dumps(me | {"pid": int(dead.stdout)}))  # same host, process gone
+    second = book.claim("u00000", me)
+    assert second is not None and second.name == "u00000.1"
+
+    second.write_text(json.dumps({"host": "another-machine", "pid": 1}))  # cannot be checked from here: heartbeat decides
+    assert book.claim("u00000", me) is None
+    old = time.time() - STALE_SECONDS - 5
+    os.utime(second, (old, old))
+    third = book.claim("u00000", me)
+    assert third is not None and third.name == "u00000.2"
+
+    book.write_done({"unit": "u00001", "rows": 0})
+    assert book.claim("u00001", me) is None  # done units are never claimed

@@ -72,10 +72,11 @@ TEXT_FALLBACKS = ("transcription", "sentence")
 class Corpus:
     """An opened corpus: its units are listed and its columns checked on construction, before any heavy work.
 
-    ``max_rows`` keeps only the units covering the first that many rows (for trials).
+    ``max_rows`` keeps only the units covering the first that many rows (for trials); ``revision`` pins
+    a Hub dataset's commit.
     """
 
-    def __init__(self, spec: CorpusSpec, max_rows: int | None = None):
+    def __init__(self, spec: CorpusSpec, max_rows: int | None = None, revision: str | None = None):
         if (spec.dataset is None) == (spec.local is None):
             raise UserError("give exactly one of --dataset and --local")
         if spec.text_transform not in TEXT_TRANSFORMS:
@@ -84,7 +85,7 @@ class Corpus:
         self.transform = TEXT_TRANSFORMS[spec.text_transform]
         if spec.dataset is not None:
             self.name = spec.dataset
-            files, features = hub_data_files(spec.dataset, spec.subset, spec.split)
+            files, features = hub_data_files(spec.dataset, spec.subset, spec.split, revision)
             self._open_parquet(spec.dataset, files, features, max_rows)
         else:
             self.name = str(spec.local)

@@ -83,24 +83,31 @@ class CountingFile(io.RawIOBase):
         super().close()
 
 
+def url_revision(path: str) -> str | None:
+    """The commit an hf:// data-file URL is pinned to (``hf://datasets/owner/name@<sha>/...``)."""
+    m = re.search(r"@([0-9a-f]{40})/", path)
+    return m.group(1) if m else None
+
+
 def _stat(path: str) -> dict:
     if "://" in path:
-        m = re.search(r"@([0-9a-f]{40})/", path)
-        return {"revision": m.group(1)} if m else {}
+        revision = url_revision(path)
+        return {"revision": revision} if revision else {}
     st = os.stat(path)
     return {"size": st.st_size, "mtime": st.st_mtime}
 
 
-def hub_data_files(dataset: str, subset: str | None, split: str) -> tuple[list[str], object]:
+def hub_data_files(dataset: str, subset: str | None, split: str, revision: str | None = None) -> tuple[list[str], object]:
     """The split's data files (local paths or hf:// URLs pinned to a commit) and the features its card
-    declares (or None), resolved by ``datasets`` from the repo's file listing: no row is read."""
+    declares (or None), resolved by ``datasets`` from the repo's file listing: no row is read.
+    ``revision`` pins the commit (a resumed job finishes on the commit it started on)."""
     from datasets import load_dataset_builder
 
     looks_local = dataset.startswith((".", "/", "~")) or Path(dataset).exists()
     if looks_local and not Path(dataset).expanduser().exists():
         raise UserError(f"--dataset {dataset!r}: no such folder")
     try:
-        builder = load_dataset_builder(dataset, subset)
+        builder = load_dataset_builder(dataset, subset, revision=revision)
     except Exception as e:
         raise UserError(f"dataset {dataset!r} (config {subset!r}) cannot be opened: {first_line(e, 300)}") from None
     files = builder.config.data_files or {}

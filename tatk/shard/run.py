@@ -165,12 +165,13 @@ def run_shard(cfg: ShardConfig) -> dict:
     # processes never wait on each other (no collective calls).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
-    corpus = Corpus(cfg.corpus, cfg.max_samples)  # lists the units; fails now on a wrong id, path or column
+    book = UnitBook(out, cfg.corpus.split)
+    # Lists the units (at the commit a resumed job started on); fails now on a wrong id, path or column.
+    corpus = Corpus(cfg.corpus, cfg.max_samples, book.pinned_revision())
     # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
     # or a finished folder never loads the weights (storing audio never needs them).
     encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False, window=cfg.window)
     check_content(out, read_manifest(out) if (out / "manifest.json").exists() else {}, cfg.store)
-    book = UnitBook(out, cfg.corpus.split)
     book.agree(_options(cfg, encoder), [dict(path=u.path, first=u.first, rows=u.rows) for u in corpus.units])
     todo = _todo(out, book, corpus)
     if len(todo) < len(corpus.units) and state.is_main_process:
@@ -196,59 +197,77 @@ def run_shard(cfg: ShardConfig) -> dict:
                 read_bytes=sum(r["read_bytes"] for r in done_here), **timing)
 
 
+class _Sink:
+    """This process's side: encodes windows of prepared rows and writes each unit's tars and done record."""
+
+    def __init__(self, cfg: ShardConfig, out: Path, encoder: FrozenEncoder, book: UnitBook, who: dict, progress):
+        self.cfg, self.out, self.encoder, self.book, self.who, self.progress = cfg, out, encoder, book, who, progress
+        self.guard, self.writers, self.window, self.done = SkipGuard(cfg.max_skip_fraction), {}, [], []
+        self.forward_s = 0.0
+
+    def take(self, item: tuple) -> None:
+        if item[0] == "row":
+            self.window.append(item)
+            if len(self.window) >= self.cfg.batch_size * WINDOW_BATCHES:
+                self.flush()
+        elif item[0] == "start":
+            unit, claim = item[1], item[2]
+            self.writers[unit.index] = (UnitWriter(self.out, self.cfg.corpus.split, unit.index, int(self.cfg.shard_size_mb * 1e6),
+                                                   self.encoder.info.dim, self.cfg.dtype, self.cfg.store), claim)
+        else:
+            self.flush()  # the unit's last rows may still be in the window
+            unit, rows, read_bytes = item[1], item[2], item[3]
+            writer, claim = self.writers.pop(unit.index)
+            record = writer.finish(unit.name, rows, unit.source()) | {"read_bytes": read_bytes, "by": self.who}
+            self.guard.unit_done(unit.name, rows, record["skipped"])
+            self.book.write_done(record)  # the unit is finished from here on
+            claim.unlink(missing_ok=True)
+            self.done.append(record)
+
+    def _encode(self) -> dict[int, object]:
+        """Features of the window's usable rows, encoded in length-sorted batches."""
+        window, feats = self.window, {}
+        if self.cfg.store == "audio":
+            return feats
+        ready = sorted((i for i, w in enumerate(window) if w[2] is not None), key=lambda i: window[i][2].shape[-1])
+        t = time.perf_counter()
+        for b in range(0, len(ready), self.cfg.batch_size):
+            idx = ready[b : b + self.cfg.batch_size]
+            for i, f in zip(idx, self.encoder.encode([window[i][2].numpy() for i in idx])):
+                feats[i] = f
+        self.forward_s += time.perf_counter() - t
+        return feats
+
+    def flush(self) -> None:
+        """Encode the window, then hand its rows to their units' writers in arrival (= row) order."""
+        feats = self._encode()
+        for i, (_, row, prepared, reason, detail, seconds) in enumerate(self.window):
+            writer = self.writers[row.unit][0]
+            self.guard.row(f"u{row.unit:05d}", reason, f"{row.id} ({detail})")
+            if reason:
+                writer.skip(reason)
+            else:
+                payload, n_frames = prepared if self.cfg.store == "audio" else (feats[i], feats[i].shape[0])
+                meta = dict(id=row.id, duration=round(seconds, 4), n_frames=int(n_frames), speaker=row.speaker, source=row.source)
+                writer.add(row.key, payload, row.text, meta)
+            self.progress.advance(seconds, skipped=bool(reason))
+        self.window.clear()
+        for _, claim in self.writers.values():
+            self.book.heartbeat(claim)
+
+
 def _work(cfg, out, corpus, encoder, book, todo, console, show, timing, done_here) -> None:
     """Claim and shard units until none is free: workers read and prepare, this process encodes and writes."""
     from tatk.shard.progress import ShardProgress
 
-    audio, who = cfg.store == "audio", owner()
-    guard, writers = SkipGuard(cfg.max_skip_fraction), {}
+    who = owner()
     loader = DataLoader(_UnitReader(corpus, encoder, book, todo, who, cfg), batch_size=None,
                         num_workers=cfg.workers, prefetch_factor=8 if cfg.workers else None)
-    window = []
     with ShardProgress(console, enabled=show) as progress:
-
-        def flush() -> None:
-            ready = [] if audio else sorted((i for i, w in enumerate(window) if w[2] is not None),
-                                             key=lambda i: window[i][2].shape[-1])
-            feats, t = {}, time.perf_counter()
-            for b in range(0, len(ready), cfg.batch_size):
-                idx = ready[b : b + cfg.batch_size]
-                for i, f in zip(idx, encoder.encode([window[i][2].numpy() for i in idx])):
-                    feats[i] = f
-            timing["forward_s"] += time.perf_counter() - t
-            for i, (_, row, prepared, reason, detail, seconds) in enumerate(window):
-                writer = writers[row.unit][0]
-                guard.row(f"u{row.unit:05d}", reason, f"{row.id} ({detail})")
-                if reason:
-                    writer.skip(reason)
-                else:
-                    payload, n_frames = prepared if audio else (feats[i], feats[i].shape[0])
-                    meta = dict(id=row.id, duration=round(seconds, 4), n_frames=int(n_frames),
-                                speaker=row.speaker, source=row.source)
-                    writer.add(row.key, payload, row.text, meta)
-                progress.advance(seconds, skipped=bool(reason))
-            window.clear()
-            for _, claim in writers.values():
-                book.heartbeat(claim)
-
+        sink = _Sink(cfg, out, encoder, book, who, progress)
         for item in loader:
-            if item[0] == "row":
-                window.append(item)
-                if len(window) >= cfg.batch_size * WINDOW_BATCHES:
-                    flush()
-            elif item[0] == "start":
-                unit, claim = item[1], item[2]
-                writers[unit.index] = (UnitWriter(out, cfg.corpus.split, unit.index, int(cfg.shard_size_mb * 1e6),
-                                                  encoder.info.dim, cfg.dtype, cfg.store), claim)
-            else:
-                flush()  # the unit's last rows may still be in the window
-                unit, rows, read_bytes = item[1], item[2], item[3]
-                writer, claim = writers.pop(unit.index)
-                record = writer.finish(unit.name, rows, unit.source()) | {"read_bytes": read_bytes, "by": who}
-                guard.unit_done(unit.name, rows, record["skipped"])
-                book.write_done(record)
-                claim.unlink(missing_ok=True)
-                done_here.append(record)
-        flush()
-        guard.finish()
-        timing["audio_s"] = progress.audio_seconds
+            sink.take(item)
+        sink.flush()
+        sink.guard.finish()
+        timing["audio_s"], timing["forward_s"] = progress.audio_seconds, sink.forward_s
+        done_here += sink.done

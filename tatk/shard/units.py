@@ -23,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+from tatk.data.listing import url_revision
 from tatk.errors import UserError
 from tatk.files import atomic_write_text
 
@@ -37,12 +38,12 @@ class UnitBook:
     def __init__(self, out: Path, split: str):
         self.out, self.split = Path(out), split
         self.dir = self.out / STATE_DIR / split
-        (self.dir / "claims").mkdir(parents=True, exist_ok=True)
-        (self.dir / "done").mkdir(parents=True, exist_ok=True)
 
     # -- agreeing on what to do ------------------------------------------------------------------
     def agree(self, options: dict, listing: list[dict]) -> None:
         """Record the options and the units on first use; refuse (one line) a run that differs."""
+        (self.dir / "claims").mkdir(parents=True, exist_ok=True)
+        (self.dir / "done").mkdir(parents=True, exist_ok=True)
         for name, what, mine in (("options.json", "options", options), ("listing.json", "listing", listing)):
             path = self.dir / name
             if not path.exists():
@@ -58,6 +59,13 @@ class UnitBook:
                 n = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), min(len(theirs), len(mine)))
                 raise UserError(f"{self.out}: split {self.split!r} was started on another listing of the corpus "
                                 f"({len(theirs)} units, now {len(mine)}; first difference at unit u{n:05d}); use a new --out")
+
+    def pinned_revision(self) -> str | None:
+        """The Hub commit this split's units were listed at, if any: a resumed job stays on it, so a
+        later commit to the dataset repo (a card edit, new files) cannot change its units."""
+        path = self.dir / "listing.json"
+        listing = json.loads(path.read_text()) if path.exists() else []
+        return url_revision(listing[0]["path"]) if listing else None
 
     # -- claims ----------------------------------------------------------------------------------
     def _claims(self, name: str) -> list[Path]:
