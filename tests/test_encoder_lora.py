@@ -95,7 +95,7 @@ steps = {steps}
 save_every = {steps}
 log_every = 1
 [eval]
-max_batches = 1
+max_samples = 8
 wer_samples = 2
 max_new_tokens = 4
 [log]

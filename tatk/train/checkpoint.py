@@ -17,6 +17,7 @@ previous checkpoint as the newest one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from tatk.files import atomic_write_text
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.toml"
+DATA = "data.json"  # the processes × workers the data position was saved with (readable before loading state)
 
 
 def checkpoints(root: Path) -> list[Path]:
@@ -62,6 +64,7 @@ def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: i
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / RECIPE, recipe_text)
+        atomic_write_text(tmp / DATA, json.dumps({"processes": position.world, "workers": position.workers}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(root)[:-keep]:

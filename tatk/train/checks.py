@@ -61,6 +61,11 @@ def _check_values(r: Recipe) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
+    for key, value in {"eval.max_samples": r.eval.max_samples, "eval.wer_samples": r.eval.wer_samples}.items():
+        if value < 0:
+            raise UserError(f"{key}: must be >= 0, got {value}")
+    if r.data.max_bad_tars < -1:
+        raise UserError(f"data.max_bad_tars: must be >= 0 (or -1: 1 % of the tars), got {r.data.max_bad_tars}")
     a = r.augment
     for key, value in {"augment.time_masks": a.time_masks, "augment.time_width": a.time_width,
                        "augment.freq_masks": a.freq_masks, "augment.freq_width": a.freq_width}.items():
@@ -108,5 +113,7 @@ def _check_files(r: Recipe) -> None:
         if s.weight <= 0:
             raise UserError(f"data.train[{i}].weight: must be > 0, got {s.weight}")
         _check_shards(f"data.train[{i}]", s.path, s.split, r.features, r.data.content)
+        if not sum(t["samples"] for t in read_manifest(s.path)["splits"][s.split]["shards"]):
+            raise UserError(f"data.train[{i}].path: split {s.split!r} of {s.path} holds no samples")
     if r.data.val is not None:
         _check_shards("data.val", r.data.val.path, r.data.val.split, r.features, r.data.content)

@@ -25,12 +25,13 @@ from tatk.errors import UserError
 from tatk.files import atomic_write_text
 from tatk.model.speech import IGNORE
 from tatk.shard.format import read_split
-from tatk.train.checkpoint import checkpoints, load_weights, save_checkpoint
+from tatk.train.checkpoint import DATA, checkpoints, load_weights, save_checkpoint
 from tatk.train.collate import Codec
 from tatk.train.optim import param_groups, warmup_cosine
 from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
-from tatk.train.stream import DataPosition, train_loader
+from tatk.train.position import DataPosition, max_bad
+from tatk.train.stream import shard_sets, train_loader
 from tatk.train.validate import evaluate
 from tatk.train.zero import Updates, configure as configure_deepspeed, deepspeed_stage
 
@@ -66,10 +67,21 @@ class Trainer:
         self._build(resume)
         self.start = 0
         if resume:
+            self._check_resume(found[-1])
             self.updates.load_state(found[-1])
             self.start = int(found[-1].name.split("-")[1])
             self.console.print(f"resumed from {found[-1]} (step {self.start})")
         self.batches = iter(train_loader(recipe, self.codec, self.position, pin_memory=self.cuda))
+
+    def _check_resume(self, ckpt: Path) -> None:
+        """DeepSpeed's optimizer state is sharded per rank: it resumes on the number of processes it was saved with."""
+        saved = ckpt / DATA
+        if self.updates.zero is None or not saved.exists():
+            return
+        processes = json.loads(saved.read_text())["processes"]
+        if processes != self.accelerator.num_processes:
+            raise UserError(f"--resume: {ckpt} was saved by {processes} DeepSpeed processes; ZeRO resumes only on the "
+                            f"same number (this run has {self.accelerator.num_processes}); DDP and one process can change it")
 
     def _accelerator(self) -> Accelerator:
         self.tracker = wandb_mode(self.recipe.log.wandb)
@@ -105,7 +117,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(o.warmup_steps, r.train.steps, o.min_lr_ratio))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.updates = Updates(acc, self.model, self.optimizer, o.grad_clip)
-        self.position = DataPosition(acc.process_index, acc.num_processes, r.data.workers)
+        counts = [c for _, c, _ in shard_sets(r)]
+        self.position = DataPosition(acc.process_index, acc.num_processes, r.data.workers, r.run.seed, counts)
+        self.max_bad, self.dropped = max_bad(r.data.max_bad_tars, counts), 0
         acc.register_for_checkpointing(self.scheduler, self.position)
 
         def keep_trainable(models, weights, output_dir):  # checkpoints hold trained weights, not the 0.6-3B LLM
@@ -147,6 +161,7 @@ class Trainer:
         means, which would over-weight short batches): the token count is known up front."""
         acc, device = self.accelerator, self.accelerator.device
         micro_batches = [next(self.batches) for _ in range(self.recipe.train.grad_accum)]
+        self.data_events(micro_batches)
         n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
         loss_sum = torch.zeros((), device=device)
         for i, batch in enumerate(micro_batches):
@@ -169,6 +184,33 @@ class Trainer:
             self.position.advance(b["position"])
         return loss, grad_norm
 
+    def data_events(self, micro_batches: list[dict]) -> None:
+        """Every rank learns of a stream's error or a newly unreadable tar in the same step, so all stop
+        together (a rank stopping alone would leave the others waiting in a collective): one tiny all-reduce
+        per step, and a gather only when something happened."""
+        acc = self.accelerator
+        errors = [b["error"] for b in micro_batches if "error" in b]
+        bad = {p: why for b in micro_batches for p, why in b["events"]["bad"].items() if p not in self.position.bad}
+        self.dropped += sum(b["events"]["dropped"] for b in micro_batches)
+        flags = acc.reduce(torch.tensor([len(errors), len(bad)], dtype=torch.float32, device=acc.device), "sum")
+        if not flags.sum().item():
+            return
+        from accelerate.utils import gather_object
+
+        reports = gather_object([(errors, bad)])
+        for _, b in reports:
+            for path, why in b.items():
+                if path not in self.position.bad:
+                    self.position.bad[path] = why
+                    self.console.print(f"warning: skipped an unreadable tar: {why} "
+                                       f"({len(self.position.bad)} so far, data.max_bad_tars = {self.max_bad})")
+        errors = [e for errs, _ in reports for e in errs]
+        if errors:
+            raise UserError(errors[0])
+        if len(self.position.bad) > self.max_bad:
+            raise UserError(f"data.max_bad_tars: {len(self.position.bad)} unreadable tars, more than the {self.max_bad} "
+                            f"allowed (first: {next(iter(self.position.bad.values()))})")
+
     def throughput(self, loss: torch.Tensor, grad_norm: float) -> dict:
         """The log line's numbers: loss, LR, grad norm, and speed over the steps since the last log."""
         acc = self.accelerator
@@ -177,6 +219,10 @@ class Trainer:
         stats = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                  "samples_per_s": totals[0].item() / elapsed, "tokens_per_s": totals[1].item() / elapsed,
                  "real_token_fraction": (totals[1] / totals[2]).item()}
+        epochs = self.position.epochs(acc)  # collective
+        stats.update({"epoch": epochs[0]} if len(epochs) == 1 else {f"epoch_{i}": e for i, e in enumerate(epochs)})
+        stats["dropped"] = acc.reduce(torch.tensor(float(self.dropped), device=acc.device), "sum").item()
+        stats["bad_tars"] = len(self.position.bad)
         peak = next((v for k, v in PEAK_BF16.items() if self.cuda and k in torch.cuda.get_device_name()), None)
         if peak:  # LLM FLOPs per position: forward 2N, backward to the inputs 2N, weight grads 2N when trained fully
             flops = (6 if self.recipe.model.decoder == "full" else 4) * self.n_llm
