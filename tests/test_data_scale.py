@@ -112,6 +112,7 @@ def test_a_2_process_run_resumed_on_1_process_reads_no_sample_twice_per_epoch(tw
     before = [r for r in records(root / "out") if r["step"] <= SAVE]
     after = records(root / "out1", ranks=(0,))
     assert min(r["step"] for r in after) == SAVE + 1
+    assert per_epoch(before)[0] and per_epoch(after)[0]  # killed mid-epoch 0: the resumed run reads its rest
     epochs = per_epoch(before + after)
     for epoch, seen in epochs.items():
         assert set(seen.values()) == {1}, epoch

@@ -17,7 +17,8 @@ from train_fixtures import metrics, prepare_tiny, tiny_recipe
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 STEPS = 40
-LOOP = {"train": {"steps": STEPS, "log_every": 1, "save_every": 10, "eval_every": 20}, "data": {"workers": 2}}
+LOOP = {"train": {"steps": STEPS, "log_every": 1, "save_every": 10, "eval_every": 20, "keep_best": "val_loss"},
+        "data": {"workers": 2}}
 
 # torchtune-style pinned losses of the fixed-seed tiny run (CPU, fp32, torch 2.13). A change here means the
 # data order, the model or the optimizer changed: update deliberately.
@@ -75,6 +76,28 @@ def test_checkpoint_holds_trainable_weights_only(reference):
     weights = load_file(ckpts[-1] / "model.safetensors")
     assert weights and all(k.startswith(("projector.", "norm.")) for k in weights)
     assert (reference / "recipe.toml").exists()
+
+
+def test_best_checkpoint_is_the_lowest_validated_one(reference):
+    """train.keep_best = "val_loss": RUN:best resolves to the step with the lowest logged val_loss, and its
+    weights, validated again in this process, give that logged value."""
+    from accelerate import Accelerator
+
+    from tatk.train.checkpoint import load_trained, resolve
+    from tatk.train.collate import Codec
+    from tatk.train.validate import evaluate
+
+    m = metrics(reference)
+    logged = {s: m[s]["val_loss"] for s in m if "val_loss" in m[s]}
+    assert sorted(logged) == [20, 40]
+    best = min(logged, key=logged.get)
+    ckpt = resolve(f"{reference}:best")
+    assert ckpt == reference / "best" / f"step-{best:06d}"
+    assert json.loads((ckpt / "best.json").read_text()) == {"metric": "val_loss", "value": logged[best]}
+    recipe, model = load_trained(ckpt)
+    codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
+    again = evaluate(model, recipe, codec, Accelerator(cpu=True))
+    assert abs(again["val_loss"] - logged[best]) < 1e-5
 
 
 def test_refuses_to_overwrite_a_run(reference):

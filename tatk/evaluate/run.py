@@ -214,7 +214,7 @@ def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
                         "evaluate on shards with --data") from None
     corpus = Corpus(CorpusSpec(dataset=opt.dataset, subset=opt.subset, local=opt.local, split=opt.split))
     ckpt, step, max_new = None, None, opt.max_new_tokens
-    if Path(opt.model).is_dir() and (Path(opt.model) / "recipe.toml").is_file():  # a checkpoint or run folder
+    if (Path(opt.model).is_dir() and (Path(opt.model) / "recipe.toml").is_file()) or str(opt.model).endswith(":best"):  # a checkpoint or run folder
         from tatk.train.checkpoint import resolve
         from tatk.train.recipe import load_recipe
 

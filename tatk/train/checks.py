@@ -46,7 +46,8 @@ def _check_values(r: Recipe) -> None:
                "model.encoder": (r.model.encoder, ("frozen", "lora")),
                "data.content": (r.data.content, ("features", "audio")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
-               "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
+               "log.wandb": (r.log.wandb, ("auto", "offline", "off")),
+               "train.keep_best": (r.train.keep_best, ("", "wer", "val_loss"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -98,6 +99,8 @@ def _check_combinations(r: Recipe) -> None:
         key = "augment.time_masks" if r.augment.time_masks else "augment.freq_masks"
         raise UserError(f"{key}: masks stored features in the data workers; with audio shards the features "
                         "exist only inside the model (set it to 0)")
+    if r.train.keep_best and r.data.val is None:
+        raise UserError(f"train.keep_best: {r.train.keep_best!r} needs validation data ([data.val])")
     if not r.encoder_lora.target_modules:
         raise UserError("encoder_lora.target_modules: name at least one encoder Linear layer, e.g. [\"q_proj\", \"k_proj\"]")
     if not r.lora.target_modules:

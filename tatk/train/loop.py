@@ -25,7 +25,7 @@ from tatk.errors import UserError
 from tatk.files import atomic_write_text
 from tatk.model.speech import IGNORE
 from tatk.shard.format import read_split
-from tatk.train.checkpoint import DATA, checkpoints, load_weights, save_checkpoint
+from tatk.train.checkpoint import DATA, best_value, checkpoints, keep_best, load_weights, save_checkpoint
 from tatk.train.collate import Codec
 from tatk.train.optim import param_groups, warmup_cosine
 from tatk.train.recipe import Recipe, render_recipe
@@ -65,6 +65,7 @@ class Trainer:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.toml", self.recipe_text)
         self._build(resume)
+        self.best = best_value(self.run_dir)  # a resumed run goes on beating its kept best
         self.start = 0
         if resume:
             self._check_resume(found[-1])
@@ -144,12 +145,21 @@ class Trainer:
             loss, grad_norm = self.step(step)
             if step % t.log_every == 0 or step == t.steps:
                 self.log(step, self.throughput(loss, grad_norm))
+            validated = None
             if r.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-                self.log(step, evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
-                                        lockstep=self.updates.zero == 3 and acc.num_processes > 1))
-            if step % t.save_every == 0 or step == t.steps:
-                save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
-                                acc.unwrap_model(self.model))
+                validated = evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
+                                     lockstep=self.updates.zero == 3 and acc.num_processes > 1)
+                self.log(step, validated)
+            better = bool(validated and t.keep_best and validated[t.keep_best] < self.best)  # same on every rank
+            if step % t.save_every == 0 or step == t.steps or better:
+                ckpt = save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
+                                       acc.unwrap_model(self.model))
+                if better:
+                    self.best = validated[t.keep_best]
+                    if acc.is_main_process:
+                        keep_best(ckpt, self.run_dir, t.keep_best, self.best)
+                    self.console.print(f"best {t.keep_best} so far ({self.best:.4g}): kept as {self.run_dir / 'best'}")
+                    acc.wait_for_everyone()
         acc.end_training()
         last = checkpoints(self.ckpt_root)
         self.console.print(f"done: {last[-1] if last else self.run_dir}")

@@ -126,6 +126,7 @@ class TrainConfig:
     eval_every: int = 1000  #: steps between validations (0: only at the end)
     save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 3  #: newest checkpoints kept on disk
+    keep_best: str = ""  #: "" (off) | wer | val_loss: also keep the checkpoint with the lowest such validation value as <run>/best (`tatk eval RUN:best`, `tatk export RUN:best`); a validation that improves it saves a checkpoint
     gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 
