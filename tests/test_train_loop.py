@@ -100,6 +100,46 @@ def test_best_checkpoint_is_the_lowest_validated_one(reference):
     assert abs(again["val_loss"] - logged[best]) < 1e-5
 
 
+def test_a_truncated_tar_is_skipped_and_training_completes(base, tmp_path):
+    """One of 4 tars cut to an eighth: the run logs the skip and finishes (default limit: 1 % of 4 tars → 1);
+    with data.max_bad_tars = 0 it stops with one line."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(base / "shards" / "train", damaged)
+    tar = damaged / "train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 8])
+    short = {"train": {"steps": 12, "log_every": 6, "save_every": 12, "eval_every": 0}, "data": {"workers": 2},
+             "eval": {"max_samples": 4, "wer_samples": 1, "max_new_tokens": 2}}
+    for name in ("ok", "strict"):
+        text = tiny_recipe(base, tmp_path / name, **short).replace(str(base / "shards" / "train"), str(damaged))
+        (tmp_path / f"{name}.toml").write_text(text)
+    done = tatk_train(tmp_path / "ok.toml")
+    assert f"warning: skipped an unreadable tar: {tar}: " in done.stdout
+    assert metrics(tmp_path / "ok")[12]["bad_tars"] == 1
+    assert "step     12/12  loss " in done.stdout and "  elapsed 0:00:" in done.stdout  # whole lines in a log
+    strict = subprocess.run([sys.executable, "tatk", "train", str(tmp_path / "strict.toml"), "--set", "data.max_bad_tars=0"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 2
+    assert strict.stderr.strip().splitlines()[-1].startswith("error: data.max_bad_tars: 1 unreadable tars, more than the 0")
+
+
+def test_progress_eta_and_plain_lines_off_a_terminal():
+    """Off a terminal there is no live bar; the ETA is the segment's mean pace times the steps left."""
+    import io
+
+    from rich.console import Console
+
+    from tatk.train.progress import StepProgress
+
+    p = StepProgress(Console(file=io.StringIO(), force_terminal=False), start=10, total=50)
+    assert p.bar is None and p.eta() is None
+    p.t0 -= 20.0  # 20 s for steps 11..20 → 2 s a step, 30 steps left
+    p.advance(20)
+    assert abs(p.eta() - 60.0) < 0.5
+    assert p.logged({"loss": 1.0}) == "elapsed 0:00:20  eta 0:01:00"
+
+
 def test_refuses_to_overwrite_a_run(reference):
     done = subprocess.run([sys.executable, "tatk", "train", str(reference.parent / "r.toml")], cwd=ROOT, env=ENV,
                           capture_output=True, text=True)

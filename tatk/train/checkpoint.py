@@ -46,7 +46,7 @@ def checkpoints(root: Path) -> list[Path]:
 def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int, model) -> Path:
     """Write Accelerate's state plus recipe.toml to ``step-N`` atomically; keep the newest ``keep`` checkpoints.
 
-    Collective: every rank calls it. ``position`` (tatk.train.stream.DataPosition) is gathered first so the
+    Collective: every rank calls it. ``position`` (tatk.train.position.DataPosition) is gathered first so the
     saved data position covers all ranks. ``model`` is the unwrapped SpeechLM.
     """
     from safetensors.torch import save_file

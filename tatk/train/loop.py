@@ -31,6 +31,7 @@ from tatk.train.optim import param_groups, warmup_cosine
 from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
 from tatk.train.position import DataPosition, max_bad
+from tatk.train.progress import StepProgress
 from tatk.train.stream import shard_sets, train_loader
 from tatk.train.validate import evaluate
 from tatk.train.zero import Updates, configure as configure_deepspeed, deepspeed_stage
@@ -58,7 +59,8 @@ class Trainer:
             raise UserError(f"run.name: {self.run_dir} already has checkpoints; pass --resume or pick another run.name")
         self.cuda = torch.cuda.is_available()
         self.accelerator = self._accelerator()
-        self.console = Console(quiet=not self.accelerator.is_main_process, highlight=False)
+        # soft_wrap: a log file keeps whole lines (rich would cut them at 80 columns when not on a terminal)
+        self.console = Console(quiet=not self.accelerator.is_main_process, highlight=False, soft_wrap=True)
         set_seed(recipe.run.seed)
         self.recipe_text = render_recipe(recipe)
         if self.accelerator.is_main_process:
@@ -141,28 +143,38 @@ class Trainer:
         self.model.train()
         self.window = torch.zeros(3, dtype=torch.float64)  # samples, real tokens, padded tokens (since the last log)
         self.clock = time.perf_counter()
-        for step in range(self.start + 1, t.steps + 1):
-            loss, grad_norm = self.step(step)
-            if step % t.log_every == 0 or step == t.steps:
-                self.log(step, self.throughput(loss, grad_norm))
-            validated = None
-            if r.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-                validated = evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
-                                     lockstep=self.updates.zero == 3 and acc.num_processes > 1)
-                self.log(step, validated)
-            better = bool(validated and t.keep_best and validated[t.keep_best] < self.best)  # same on every rank
-            if step % t.save_every == 0 or step == t.steps or better:
-                ckpt = save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
-                                       acc.unwrap_model(self.model))
-                if better:
-                    self.best = validated[t.keep_best]
-                    if acc.is_main_process:
-                        keep_best(ckpt, self.run_dir, t.keep_best, self.best)
-                    self.console.print(f"best {t.keep_best} so far ({self.best:.4g}): kept as {self.run_dir / 'best'}")
-                    acc.wait_for_everyone()
+        self.progress = StepProgress(self.console, self.start, t.steps)
+        try:
+            for step in range(self.start + 1, t.steps + 1):
+                self.run_step(step)
+        finally:
+            self.progress.close()
         acc.end_training()
         last = checkpoints(self.ckpt_root)
         self.console.print(f"done: {last[-1] if last else self.run_dir}")
+
+    def run_step(self, step: int) -> None:
+        """One step, then its log line, validation and checkpoint when due."""
+        r, t, acc = self.recipe, self.recipe.train, self.accelerator
+        loss, grad_norm = self.step(step)
+        self.progress.advance(step)
+        if step % t.log_every == 0 or step == t.steps:
+            self.log(step, self.throughput(loss, grad_norm))
+        validated = None
+        if r.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
+            validated = evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
+                                 lockstep=self.updates.zero == 3 and acc.num_processes > 1)
+            self.log(step, validated)
+        better = bool(validated and t.keep_best and validated[t.keep_best] < self.best)  # same on every rank
+        if step % t.save_every == 0 or step == t.steps or better:
+            ckpt = save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
+                                   acc.unwrap_model(self.model))
+            if better:
+                self.best = validated[t.keep_best]
+                if acc.is_main_process:
+                    keep_best(ckpt, self.run_dir, t.keep_best, self.best)
+                self.console.print(f"best {t.keep_best} so far ({self.best:.4g}): kept as {self.run_dir / 'best'}")
+                acc.wait_for_everyone()
 
     def step(self, step: int) -> tuple[torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss averaged over ranks, grad norm).
@@ -246,7 +258,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
-            self.console.print(f"step {step:>6}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+            timing = self.progress.logged(stats)
+            self.console.print(f"step {step:>6}/{self.recipe.train.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                               + f"  {timing}")
 
 
 def wandb_mode(setting: str) -> str | None:

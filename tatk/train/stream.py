@@ -58,7 +58,7 @@ class TrainStream(IterableDataset):
         self.segment, self.schedule = position.segment, position.schedule()
         self.units = [units(counts, b["pieces"]) for (_, counts, _), b in zip(self.sets, position.basis)]
         self.start, self.offset = position.next, position.consumed % position.workers
-        self.known_bad = set(position.bad)
+        self.known_bad: set[str] = set()  # found by this stream (a resumed one finds them again: exact replay)
 
     def _probs(self, g: int) -> np.ndarray:
         """Set sampling probabilities: a set's share of samples ∝ weight, so draws ∝ weight / samples per unit."""

@@ -67,8 +67,8 @@ def _key(name: str) -> tuple[str, str]:
 def read_range(path: str, first: int = 0, end: int | None = None, counter: list[int] | None = None) -> Iterator[dict]:
     """Samples ``first`` ≤ i < ``end`` of the tar at ``path`` (all when ``end`` is None), in order.
 
-    Raises ``BadTar`` (after yielding what it could read) when the tar is unreadable or holds fewer samples
-    than asked for; ``counter[0]`` grows by the bytes read from disk."""
+    Raises ``BadTar`` (after yielding the complete samples before the damage) when the tar is unreadable or
+    holds fewer samples than asked for; ``counter[0]`` grows by the bytes read from disk."""
     counter = counter if counter is not None else [0]
     index, key, sample = -1, None, None
     try:
@@ -92,12 +92,12 @@ def read_range(path: str, first: int = 0, end: int | None = None, counter: list[
                     continue  # only the header was read; tarfile seeks over the data
                 sample = sample or {"__key__": k}
                 sample[ext] = tar.extractfile(member).read()
-            if sample is not None:
-                yield sample
     except (tarfile.TarError, OSError, EOFError) as e:
         raise BadTar(f"{path}: {str(e) or type(e).__name__}") from None
     finally:
         f.close()
     got = index + 1
-    if end is not None and got < end:
+    if end is not None and got < end:  # cut at a member boundary: its last sample may lack members, drop it
         raise BadTar(f"{path}: holds {got} samples, the manifest says at least {end} (truncated?)")
+    if sample is not None:
+        yield sample
