@@ -1,6 +1,6 @@
 """Benchmark (not a test): what epochs and sample ranges buy the training stream. Prints markdown tables.
 
-1. Coverage over one pass' worth of rounds: a 1,000-tar set read by 2 processes × 4 workers with
+1. Coverage over one pass' worth of rounds: a 1,024-tar set read by 2 processes × 4 workers with
    ``round_shards = 4``, drawn by the training stream's own code (``TrainStream._draw``), with
    ``data.resample = true`` (the old rounds, with replacement) and with epochs (the default).
 2. Read amplification of a small set (2 tars, 4 streams = 2 processes × 2 workers): bytes read from disk
@@ -35,7 +35,7 @@ from tatk.train.stream import TrainStream, shard_sets  # noqa: E402
 from tatk.train.tars import read_range  # noqa: E402
 
 
-def coverage(tmp: Path, resample: bool, tars: int = 1000, world: int = 2, workers: int = 4, per_round: int = 4) -> tuple[float, int]:
+def coverage(tmp: Path, resample: bool, tars: int = 1024, world: int = 2, workers: int = 4, per_round: int = 4) -> tuple[float, int]:
     """(fraction of tars never read, most reads of one tar) over rounds adding up to one pass of the set."""
     folder = tmp / "big"
     folder.mkdir(exist_ok=True)
@@ -90,7 +90,7 @@ def amplification(tmp: Path, dim: int, frames_per_char: int) -> tuple[float, flo
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tatk-bench-data-"))
-    print("| 1,000 tars, 8 streams, one pass' worth of rounds | tars never read | most reads of one tar |")
+    print("| 1,024 tars, 8 streams, one pass' worth of rounds | tars never read | most reads of one tar |")
     print("|---|---|---|")
     for resample in (True, False):
         never, most = coverage(tmp, resample)
