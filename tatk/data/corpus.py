@@ -95,6 +95,7 @@ class Corpus:
         for option, column in (("--audio-column", spec.audio_column), ("--text-column", spec.text_column)):
             if column not in columns:
                 raise UserError(f"{option} {column!r} is not a column of {dataset!r}; columns are {columns}")
+        self._count = lambda: _known_rows(ds, spec.split, data_files, (dataset, subset) if looks_local else None)
         if ds.features is not None and isinstance(ds.features[spec.audio_column], Audio):
             # Keep the encoded bytes: we decode with soundfile + soxr ourselves, in worker processes.
             ds = ds.cast_column(spec.audio_column, Audio(decode=False))
@@ -146,6 +147,11 @@ class Corpus:
             if first and column not in first:
                 raise UserError(f"{manifests[0]}: no {column!r} column (has {list(first)})")
 
+        def count() -> int:  # data rows of the listing files (reading them is cheap next to the audio)
+            return sum(1 for path in manifests for _ in lines(path))
+
+        self._count = count
+
         def records() -> Iterator[dict]:
             for path in manifests:
                 for row in lines(path):
@@ -157,6 +163,12 @@ class Corpus:
                     )
 
         return records
+
+    def count(self, limit: int | None = None) -> int | None:
+        """Input rows of the split when known without reading the audio (listing files, parquet footers, the
+        dataset's published split sizes), capped at ``limit``; None when unknown."""
+        n = self._count()
+        return None if n is None else (n if limit is None else min(n, limit))
 
     # -- the stream ------------------------------------------------------------------------------
     def rows(self, start: int = 0, rank: int = 0, world: int = 1, limit: int | None = None) -> Iterator[Row]:
@@ -171,3 +183,22 @@ class Corpus:
                 text=" ".join(self.transform(r["text"] or "").split()), speaker=str(r["speaker"] or ""),
                 duration=float(r["duration"]) if r["duration"] else None, source=r["source"],
             )
+
+
+def _known_rows(ds, split: str, data_files: list[str] | None, local: tuple[str, str | None] | None) -> int | None:
+    """Rows of a streaming dataset without reading it: the footers of local parquet files, else the split
+    size the dataset publishes; None when neither is known (a progress total is a nicety, never an error)."""
+    import pyarrow.parquet as pq
+
+    if data_files is None and local is not None:  # a Hub-shaped local folder: the files datasets resolved
+        from datasets import load_dataset_builder
+
+        try:
+            files = load_dataset_builder(*local).config.data_files.get(split)
+        except Exception:  # noqa: BLE001  any builder trouble only costs the total
+            files = None
+        data_files = [str(f) for f in files] if files and all(str(f).endswith(".parquet") for f in files) else None
+    if data_files is not None:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in data_files)
+    splits = getattr(getattr(ds, "info", None), "splits", None) or {}
+    return splits[split].num_examples if split in splits and splits[split].num_examples else None

@@ -144,7 +144,10 @@ def run_shard(cfg: ShardConfig) -> dict:
         loader = DataLoader(_Prepared(corpus, encoder, start, state.process_index, state.num_processes, cfg),
                             batch_size=None, num_workers=cfg.workers, prefetch_factor=8 if cfg.workers else None)
         next_index, window = start, []
-        with ShardProgress(console, enabled=state.is_main_process) as progress:
+        rows = corpus.count(cfg.max_samples)  # rows index % world == rank from ``start`` on are this process's
+        mine = None if rows is None else len(range(start + (state.process_index - start) % state.num_processes,
+                                                    rows, state.num_processes))
+        with ShardProgress(console, enabled=state.is_main_process, total=mine) as progress:
 
             def flush() -> float:
                 ready = [] if audio else sorted((i for i, w in enumerate(window) if w[1] is not None),
