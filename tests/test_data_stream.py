@@ -139,3 +139,14 @@ def test_a_truncated_tar_is_skipped_and_reported(base, tmp_path):
     assert list(bad) == [str(tar)] and "train-000002.tar" in bad[str(tar)]
     seen = epoch_keys(runs, 0)
     assert set(seen.values()) == {1} and len(seen) >= 3 * 64  # the other tars whole, the damaged one in part
+
+
+def test_an_empty_set_is_refused_before_training(base, tmp_path):
+    import numpy as np
+
+    from tatk.errors import UserError
+
+    with np.errstate(all="ignore"):  # the fixture's feature statistics of nothing are NaN
+        empty = write_shards(tmp_path / "empty", n_samples=0, n_shards=1)
+    with pytest.raises(UserError, match=r"^data.train\[0\].path: split 'train' of .* holds no samples$"):
+        recipe_for(base, tmp_path, empty)
