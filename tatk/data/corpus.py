@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tatk.data.listing import Unit, hub_data_files, limit_units, listing_header, listing_units, parquet_units, read_unit
+from tatk.data.listing import (Unit, hub_data_files, limit_units, listing_header, listing_units, parquet_rows,
+                               parquet_units, read_unit)
 
 from tatk.errors import UserError, first_line
 
@@ -166,6 +167,17 @@ class Corpus:
                 row.bad = f"row {unit.first + k + 1} of {unit.path}: {first_line(e) if not isinstance(e, KeyError) else f'no {e} column'}"
                 row.audio = b""
             yield row
+
+    def count(self, limit: int | None = None, units: list[Unit] | None = None) -> int | None:
+        """Input rows of ``units`` (default: all) when known without reading audio (listing blocks, the
+        footers of local parquet files), capped at ``limit``; None when one is unknown (a remote file:
+        a progress total is a nicety, never worth a download)."""
+        total = 0
+        for u in self.units if units is None else units:
+            if u.rows is None and "://" in u.path:
+                return None
+            total += u.rows if u.rows is not None else parquet_rows(u.path)
+        return total if limit is None else min(total, limit)
 
     def rows(self, limit: int | None = None) -> Iterator[Row]:
         """Every row of every unit in listing order, the first ``limit`` at most (malformed rows included)."""

@@ -171,14 +171,14 @@ def limit_units(units: list[Unit], rows_limit: int | None) -> list[Unit]:
     for u in units:
         if total >= rows_limit:
             break
-        rows = u.rows if u.rows is not None else _parquet_rows(u.path)
+        rows = u.rows if u.rows is not None else parquet_rows(u.path)
         u.rows = min(rows, rows_limit - total)
         kept.append(u)
         total += u.rows
     return kept
 
 
-def _parquet_rows(path: str) -> int:
+def parquet_rows(path: str) -> int:
     import fsspec
     import pyarrow.parquet as pq
 

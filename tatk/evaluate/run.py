@@ -205,7 +205,9 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
         return model.generate(torch.from_numpy(feats).to(device), lens, max_new)
 
     skipped: dict[str, int] = {}
-    facts = {"model": str(ckpt), "step": _checkpoint_step(ckpt), "max_new_tokens": max_new}
+    total = read_split(opt.data, opt.split)["samples"]
+    facts = {"model": str(ckpt), "step": _checkpoint_step(ckpt), "max_new_tokens": max_new,
+             "rows": min(total, opt.max_samples) if opt.max_samples else total}
     items = shard_items(Path(opt.data), opt.split, opt.max_samples, skipped, model.projector.output_length)
     return run_batch, facts, items, skipped
 
@@ -221,7 +223,7 @@ def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
                         "evaluate on shards with --data") from None
     corpus = Corpus(CorpusSpec(dataset=opt.dataset, subset=opt.subset, local=opt.local, split=opt.split))
     ckpt, step, max_new = None, None, opt.max_new_tokens
-    if Path(opt.model).is_dir() and (Path(opt.model) / "recipe.toml").is_file():  # a checkpoint or run folder
+    if (Path(opt.model).is_dir() and (Path(opt.model) / "recipe.toml").is_file()) or str(opt.model).endswith(":best"):  # a checkpoint or run folder
         from tatk.train.checkpoint import resolve
         from tatk.train.recipe import load_recipe
 
@@ -238,7 +240,7 @@ def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
         return [o["text"].strip() for o in out]
 
     skipped: dict[str, int] = {}
-    facts = {"model": str(ckpt or opt.model), "step": step, "max_new_tokens": max_new}
+    facts = {"model": str(ckpt or opt.model), "step": step, "max_new_tokens": max_new, "rows": corpus.count(opt.max_samples)}
     return run_batch, facts, audio_items(corpus, opt.max_samples, skipped), skipped
 
 
@@ -266,7 +268,7 @@ def run_eval(opt: EvalOptions) -> dict:
     """Transcribe, score, write utterances.jsonl and summary.json into the output folder; returns the summary."""
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers.utils.logging import disable_progress_bar
 
     _check(opt)
@@ -288,9 +290,12 @@ def run_eval(opt: EvalOptions) -> dict:
     out = Path(opt.out) if opt.out else home / f"eval-{_data_name(opt)}-{opt.split}"
 
     console = Console(stderr=True)
-    with Progress(TextColumn("[bold]{task.completed:,.0f}[/] utt"), BarColumn(bar_width=None),
-                  TextColumn("{task.fields[audio]:.0f} s audio"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("eval", total=None, audio=0.0)
+    total = facts.pop("rows", None)  # known input rows (capped at --max-samples): a total and an ETA
+    counted = [TextColumn("eta"), TimeRemainingColumn()] if total is not None else []
+    with Progress(TextColumn("[bold]{task.completed:,.0f}[/]" + (" / {task.total:,.0f}" if total is not None else "") + " utt"),
+                  BarColumn(bar_width=None), TextColumn("{task.fields[audio]:.0f} s audio"), TimeElapsedColumn(),
+                  *counted, console=console) as bar:
+        task = bar.add_task("eval", total=total, audio=0.0)
 
         def tick(batch: list[Item]) -> None:
             bar.update(task, advance=len(batch), audio=bar.tasks[0].fields["audio"] + sum(i.duration for i in batch))

@@ -6,25 +6,28 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
 class ShardProgress:
-    """Utterances done, audio hours and audio-hours per second (the rate that matters for sharding)."""
+    """Utterances done (of ``total`` when the corpus says how many rows this process has; then an ETA),
+    audio hours and audio-hours per second (the rate that matters for sharding)."""
 
-    def __init__(self, console: Console, enabled: bool = True):
-        self.enabled, self.audio_seconds, self.done, self.skipped = enabled, 0.0, 0, 0
+    def __init__(self, console: Console, enabled: bool = True, total: int | None = None):
+        self.enabled, self.audio_seconds, self.done, self.skipped, self.total = enabled, 0.0, 0, 0, total
+        done = "[bold]{task.completed:,.0f}[/]" + (" / {task.total:,.0f}" if total is not None else "") + " utt"
         self.bar = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.completed:,.0f}[/] utt"), BarColumn(bar_width=None),
+            SpinnerColumn(), TextColumn(done), BarColumn(bar_width=None),
             TextColumn("{task.fields[hours]:.3f} h audio"), TextColumn("{task.fields[rate]:.4f} audio-h/s"),
             TextColumn("{task.fields[skipped]} skipped"), TimeElapsedColumn(),
+            *([TextColumn("eta"), TimeRemainingColumn()] if total is not None else []),
             console=console, disable=not enabled, transient=False,
         )
 
     def __enter__(self) -> "ShardProgress":
         self.bar.__enter__()
-        self.task = self.bar.add_task("shard", total=None, hours=0.0, rate=0.0, skipped=0)
+        self.task = self.bar.add_task("shard", total=self.total, hours=0.0, rate=0.0, skipped=0)
         self.t0 = time.perf_counter()
         return self
 

@@ -181,7 +181,10 @@ def run_shard(cfg: ShardConfig) -> dict:
     if todo:
         if cfg.store == "features":
             encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, window=cfg.window)
-        _work(cfg, out, corpus, encoder, book, todo, console, state.is_main_process, timing, done_here)
+        # A total (and an ETA) only when this process will do every unit left; with several, who does
+        # what is decided as they go.
+        total = corpus.count(cfg.max_samples, todo) if state.num_processes == 1 else None
+        _work(cfg, out, corpus, encoder, book, todo, console, state.is_main_process, timing, done_here, total)
     records = [book.done(u.name) for u in corpus.units]
     missing = [u.name for u, r in zip(corpus.units, records) if r is None]
     if missing:  # held by other processes still at work: the last one to finish writes the manifest
@@ -256,14 +259,14 @@ class _Sink:
             self.book.heartbeat(claim)
 
 
-def _work(cfg, out, corpus, encoder, book, todo, console, show, timing, done_here) -> None:
+def _work(cfg, out, corpus, encoder, book, todo, console, show, timing, done_here, total=None) -> None:
     """Claim and shard units until none is free: workers read and prepare, this process encodes and writes."""
     from tatk.shard.progress import ShardProgress
 
     who = owner()
     loader = DataLoader(_UnitReader(corpus, encoder, book, todo, who, cfg), batch_size=None,
                         num_workers=cfg.workers, prefetch_factor=8 if cfg.workers else None)
-    with ShardProgress(console, enabled=show) as progress:
+    with ShardProgress(console, enabled=show, total=total) as progress:
         sink = _Sink(cfg, out, encoder, book, who, progress)
         for item in loader:
             sink.take(item)

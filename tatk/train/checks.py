@@ -53,7 +53,8 @@ def _check_values(r: Recipe) -> None:
                "data.content": (r.data.content, ("features", "audio")),
                "features.window": (r.features.window, ("", "30s", "fit")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
-               "log.wandb": (r.log.wandb, ("auto", "offline", "off"))}
+               "log.wandb": (r.log.wandb, ("auto", "offline", "off")),
+               "train.keep_best": (r.train.keep_best, ("", "wer", "val_loss"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -68,6 +69,11 @@ def _check_values(r: Recipe) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
+    for key, value in {"eval.max_samples": r.eval.max_samples, "eval.wer_samples": r.eval.wer_samples}.items():
+        if value < 0:
+            raise UserError(f"{key}: must be >= 0, got {value}")
+    if r.data.max_bad_tars < -1:
+        raise UserError(f"data.max_bad_tars: must be >= 0 (or -1: 1 % of the tars), got {r.data.max_bad_tars}")
     a = r.augment
     for key, value in {"augment.time_masks": a.time_masks, "augment.time_width": a.time_width,
                        "augment.freq_masks": a.freq_masks, "augment.freq_width": a.freq_width}.items():
@@ -100,6 +106,8 @@ def _check_combinations(r: Recipe) -> None:
         key = "augment.time_masks" if r.augment.time_masks else "augment.freq_masks"
         raise UserError(f"{key}: masks stored features in the data workers; with audio shards the features "
                         "exist only inside the model (set it to 0)")
+    if r.train.keep_best and r.data.val is None:
+        raise UserError(f"train.keep_best: {r.train.keep_best!r} needs validation data ([data.val])")
     if not r.encoder_lora.target_modules:
         raise UserError("encoder_lora.target_modules: name at least one encoder Linear layer, e.g. [\"q_proj\", \"k_proj\"]")
     if not r.lora.target_modules:
@@ -115,5 +123,7 @@ def _check_files(r: Recipe) -> None:
         if s.weight <= 0:
             raise UserError(f"data.train[{i}].weight: must be > 0, got {s.weight}")
         _check_shards(f"data.train[{i}]", s.path, s.split, r.features, r.data.content)
+        if not sum(t["samples"] for t in read_manifest(s.path)["splits"][s.split]["shards"]):
+            raise UserError(f"data.train[{i}].path: split {s.split!r} of {s.path} holds no samples")
     if r.data.val is not None:
         _check_shards("data.val", r.data.val.path, r.data.val.split, r.features, r.data.content)
