@@ -23,7 +23,7 @@ def test_projector_output_length(kind):
     for t in (4, 5, 7, 8, 9, 33):
         y = proj(torch.randn(2, t, 8))
         assert y.shape == (2, proj.output_length(t), 12)
-    if kind != "conv":
+    if kind not in ("conv", "qformer"):  # frame-stacking rate; conv and qformer: tests/test_projectors.py
         assert [proj.output_length(t) for t in (4, 7, 8, 9)] == [(t - 4) // 4 + 1 for t in (4, 7, 8, 9)]
 
 

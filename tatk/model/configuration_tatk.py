@@ -29,6 +29,7 @@ class TatkAsrConfig(PretrainedConfig):
         projector_kind: str = "mlp",
         projector_stack: int = 4,
         projector_hidden: int = 2048,
+        projector_options: dict | None = None,  # the kind's own constructor arguments (mosa, moe, qformer)
         decoder: str = "frozen",  # frozen | lora (adapter pairs in the weights, merged at load) | full
         lora_scale: float = 0.0,  # alpha / r of the LLM's LoRA adapters
         encoder_lora_scale: float = 0.0,  # alpha / r of the encoder's LoRA adapters (model.encoder = "lora")
@@ -50,6 +51,7 @@ class TatkAsrConfig(PretrainedConfig):
         self.feature_dim, self.normalize = feature_dim, normalize
         self.llm, self.llm_revision, self.llm_hidden = llm, llm_revision, llm_hidden
         self.projector_kind, self.projector_stack, self.projector_hidden = projector_kind, projector_stack, projector_hidden
+        self.projector_options = dict(projector_options or {})
         self.decoder, self.lora_scale, self.encoder_lora_scale = decoder, lora_scale, encoder_lora_scale
         self.prompt_prefix, self.prompt_suffix = list(prompt_prefix or []), list(prompt_suffix or [])
         self.audio_token_id, self.end_token_id, self.pad_token_id = audio_token_id, end_token_id, pad_token_id

@@ -75,7 +75,7 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         self.encoder = encoder
         self.norm = FeatureNorm(config.normalize, config.feature_dim)
         self.projector = build_projector(config.projector_kind, config.feature_dim, config.llm_hidden,
-                                         config.projector_hidden, config.projector_stack)
+                                         config.projector_hidden, config.projector_stack, config.projector_options)
         self.llm = llm
         self.layout = PromptLayout(list(config.prompt_prefix), list(config.prompt_suffix), config.end_token_id,
                                    config.audio_token_id, config.pad_token_id)

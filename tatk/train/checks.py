@@ -12,7 +12,7 @@ from tatk.shard.encoders import manifest_window
 from tatk.shard.format import read_manifest
 
 if TYPE_CHECKING:
-    from tatk.train.recipe import FeaturesConfig, Recipe
+    from tatk.train.recipe import FeaturesConfig, ProjectorConfig, Recipe
 
 
 def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, content: str) -> None:
@@ -41,6 +41,7 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, con
 def check_recipe(r: Recipe, check_shards: bool) -> None:
     """Raise one UserError naming the first bad key: values, then combinations, then the files named."""
     _check_values(r)
+    _check_projector(r.projector)
     _check_combinations(r)
     if check_shards:
         _check_files(r)
@@ -79,6 +80,30 @@ def _check_values(r: Recipe) -> None:
                        "augment.freq_masks": a.freq_masks, "augment.freq_width": a.freq_width}.items():
         if value < 0:
             raise UserError(f"{key}: must be >= 0, got {value}")
+
+
+def _check_projector(p: ProjectorConfig) -> None:
+    """The per-kind table: only the chosen kind's, sizes positive, and consistent with stack and hidden."""
+    from dataclasses import asdict
+
+    for kind in ("mosa", "moe", "qformer"):
+        if getattr(p, kind) is not None and p.kind != kind:
+            raise UserError(f"projector.{kind}: options for kind = \"{kind}\", but projector.kind is {p.kind!r} "
+                            f"(remove [projector.{kind}] or set the kind)")
+    table = getattr(p, p.kind, None) if p.kind in ("mosa", "moe", "qformer") else None
+    for key, value in (asdict(table) if table is not None else {}).items():
+        least = 0 if key in ("expert_hidden", "balance_weight", "z_weight") and p.kind == "moe" else 1
+        if value < least:
+            raise UserError(f"projector.{p.kind}.{key}: must be >= {least}, got {value}")
+    if p.kind == "moe" and p.moe.top_k > p.moe.experts:
+        raise UserError(f"projector.moe.top_k: {p.moe.top_k} is more than the {p.moe.experts} experts")
+    if p.kind == "qformer":
+        q = p.qformer
+        if p.hidden % q.heads:
+            raise UserError(f"projector.qformer.heads: {q.heads} does not divide projector.hidden ({p.hidden})")
+        if q.window != p.stack * q.queries:
+            raise UserError(f"projector.qformer.window: {q.window} frames for {q.queries} queries is not projector.stack "
+                            f"({p.stack}) frames per LLM position; set window = {p.stack * q.queries} or stack to match")
 
 
 def _check_combinations(r: Recipe) -> None:

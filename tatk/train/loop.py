@@ -28,6 +28,7 @@ from tatk.shard.format import read_split
 from tatk.train.checkpoint import DATA, best_value, checkpoints, keep_best, load_weights, save_checkpoint
 from tatk.train.collate import Codec
 from tatk.train.optim import param_groups, warmup_cosine
+from tatk.train.projector_config import aux_weights
 from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
 from tatk.train.position import DataPosition, max_bad
@@ -75,6 +76,8 @@ class Trainer:
             self.start = int(found[-1].name.split("-")[1])
             self.console.print(f"resumed from {found[-1]} (step {self.start})")
         self.batches = iter(train_loader(recipe, self.codec, self.position, pin_memory=self.cuda))
+        self.aux_weights = aux_weights(recipe.projector)  # {name: weight} of the projector's auxiliary losses (moe)
+        self.aux_step: dict[str, torch.Tensor] = {}
 
     def _check_resume(self, ckpt: Path) -> None:
         """DeepSpeed's optimizer state is sharded per rank: it resumes on the number of processes it was saved with."""
@@ -186,13 +189,18 @@ class Trainer:
         self.data_events(micro_batches)
         n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
         loss_sum = torch.zeros((), device=device)
+        self.aux_step = {name: torch.zeros((), device=device) for name in self.aux_weights}
         for i, batch in enumerate(micro_batches):
             self.window += torch.tensor([batch["n_samples"], batch["real_tokens"], batch["padded_tokens"]], dtype=torch.float64)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             with self.updates.micro(last=i == len(micro_batches) - 1):
                 loss = self.model(batch, reduction="sum") / n_labels
-                self.updates.backward(loss)
+                aux = acc.unwrap_model(self.model).projector.aux_losses if self.aux_weights else {}
+                # each micro-batch's auxiliary losses count 1/grad_accum, like its share of the label tokens
+                self.updates.backward(loss + sum(self.aux_weights[k] * v for k, v in aux.items()) / len(micro_batches))
             loss_sum += loss.detach().float()
+            for k, v in aux.items():
+                self.aux_step[k] += v.detach().float() / len(micro_batches)
         loss = acc.reduce(loss_sum, "mean")
 
         def check(grad_norm: float, when: str) -> None:
@@ -245,6 +253,7 @@ class Trainer:
         stats.update({"epoch": epochs[0]} if len(epochs) == 1 else {f"epoch_{i}": e for i, e in enumerate(epochs)})
         stats["dropped"] = acc.reduce(torch.tensor(float(self.dropped), device=acc.device), "sum").item()
         stats["bad_tars"] = len(self.position.bad)
+        stats.update({f"aux_{k}": acc.reduce(v, "mean").item() for k, v in self.aux_step.items()})  # unweighted, this step
         peak = next((v for k, v in PEAK_BF16.items() if self.cuda and k in torch.cuda.get_device_name()), None)
         if peak:  # LLM FLOPs per position: forward 2N, backward to the inputs 2N, weight grads 2N when trained fully
             flops = (6 if self.recipe.model.decoder == "full" else 4) * self.n_llm

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tatk.errors import UserError
 from tatk.train.checks import check_recipe
+from tatk.train.projector_config import KIND_TABLES, MoeConfig, MosaConfig, QformerConfig
 
 
 @dataclass
@@ -63,10 +64,17 @@ class EncoderLoraConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/model/projectors.py)
-    stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
-    hidden: int = 2048  #: projector hidden width
+    kind: str = "mlp"  #: mlp | swiglu | conv | mosa | moe | qformer (see tatk/model/projectors.py and docs/projectors.md)
+    stack: int = 4  #: encoder frames per LLM position (conv: must be 4; qformer: qformer.window / qformer.queries)
+    hidden: int = 2048  #: projector hidden width (qformer: its transformer width)
     train: bool = True  #: false keeps the projector as loaded from model.init_from (stage 2 with a fixed projector)
+    mosa: MosaConfig | None = None  #: options of kind = "mosa" (only with that kind; defaults when absent)
+    moe: MoeConfig | None = None  #: options of kind = "moe" (only with that kind; defaults when absent)
+    qformer: QformerConfig | None = None  #: options of kind = "qformer" (only with that kind; defaults when absent)
+
+    def __post_init__(self):
+        if self.kind in KIND_TABLES and getattr(self, self.kind) is None:  # resolved recipes show every option
+            setattr(self, self.kind, KIND_TABLES[self.kind]())
 
 
 @dataclass

@@ -65,7 +65,9 @@ def val_batches(recipe: Recipe, codec: Codec, rank: int, world: int) -> Iterator
 
 @torch.no_grad()
 def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator, lockstep: bool = False) -> dict:
-    """{"val_loss", "wer"} of ``model`` (unwrapped) on the validation list, each rank reading its part.
+    """{"val_loss", "wer"} of ``model`` (unwrapped) on the validation list, each rank reading its part; with a
+    routed projector (moe) also ``util_expert<e>``: the share of top-k routing choices per expert over the
+    held-out frames (uniform: 1/experts; an expert near 0 is dead).
 
     ``lockstep`` (ZeRO-3 on several ranks, where every forward all-gathers weights from all ranks): ranks
     run the same number of forwards and generate calls; a rank out of batches repeats its last one, uncounted.
@@ -73,6 +75,8 @@ def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator, lock
     WER is normalised exactly as `tatk eval` computes it (tatk/wer.py), so the two numbers mean the same."""
     model.eval()
     loss_sum, pairs = torch.zeros(2, device=accelerator.device), []
+    routed = getattr(model.projector, "routed", None)
+    routed = torch.zeros(len(routed), device=accelerator.device) if routed is not None else None
     stream = val_batches(recipe, codec, accelerator.process_index, accelerator.num_processes)
     batch, rows = None, []
     while True:
@@ -95,6 +99,8 @@ def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator, lock
         with accelerator.autocast():
             if item is not None:
                 loss_sum += torch.stack([model(batch, reduction="sum").float(), torch.tensor(float(n), device=accelerator.device)])
+                if routed is not None:  # the loss forward's routing (generate's runs follow)
+                    routed += model.projector.routed.to(routed.device)
             else:
                 model(batch)  # lockstep: the other ranks' forwards need this rank's all-gathers; uncounted
             if decode:
@@ -105,4 +111,8 @@ def evaluate(model, recipe: Recipe, codec: Codec, accelerator: Accelerator, lock
     model.train()
     loss_sum = accelerator.reduce(loss_sum, "sum")
     pairs = sorted(gather_object(pairs))
-    return {"val_loss": (loss_sum[0] / loss_sum[1]).item(), "wer": score([r for _, r, _ in pairs], [h for _, _, h in pairs]).wer}
+    stats = {"val_loss": (loss_sum[0] / loss_sum[1]).item(), "wer": score([r for _, r, _ in pairs], [h for _, _, h in pairs]).wer}
+    if routed is not None:
+        routed = accelerator.reduce(routed, "sum")
+        stats.update({f"util_expert{e}": (c / routed.sum().clamp_min(1)).item() for e, c in enumerate(routed)})
+    return stats
