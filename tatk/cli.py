@@ -155,7 +155,7 @@ def report(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a run folder (its newest checkpoint).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export, which is replaced).")],
-    merged: Annotated[bool, typer.Option(help="Store every weight (encoder, LLM with LoRA merged): works without the base models.")] = False,
+    merged: Annotated[Optional[bool], typer.Option("--merged/--no-merged", help="Store every weight (encoder, LLM with LoRA merged): works without the base models. Default: merged when a base model is a local folder, references for Hub ids; --no-merged keeps references (absolute paths) to local folders too.", show_default=False)] = None,
     eval_summary: Annotated[Optional[Path], typer.Option("--eval", help="summary.json from `tatk eval`: its results go in the model card.")] = None,
     license: Annotated[str, typer.Option(help="License id for the model card's metadata.")] = "apache-2.0",
 ) -> None:
