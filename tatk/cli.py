@@ -112,6 +112,7 @@ def eval_(
     max_samples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N utterances.")] = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per batch (length-sorted).")] = 16,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Decoding limit per utterance; default: the recipe's eval.max_new_tokens.")] = None,
+    num_beams: Annotated[int, typer.Option(help="Beam search with N beams; 1 is greedy decoding.")] = 1,
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default <checkpoint>/eval-<data>-<split>.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1...; default cuda when available.")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two eval summaries (summary.json or their folders) instead.")] = None,
@@ -131,7 +132,7 @@ def eval_(
         else:
             run_eval(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split,
                                  max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 out=out, device=device))
+                                 num_beams=num_beams, out=out, device=device))
     except UserError as e:
         _fail(str(e))
 

@@ -129,6 +129,26 @@ def test_shard_eval_writes_consistent_files_and_the_models_own_transcripts(asr_r
         assert got[uid] == (text, direct)
 
 
+def test_num_beams_gives_the_models_own_beam_transcripts(asr_run, tmp_path):
+    """--num-beams N: shard mode and audio mode both decode with N beams, as the model does one clip at a time."""
+    from tatk.evaluate.run import EvalOptions, run_eval
+    from tatk.train.checkpoint import load_trained
+
+    run_tatk("eval", asr_run["run"], "--data", asr_run["shards"], "--num-beams", "3", "--batch-size", "3", "--out", tmp_path / "s")
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (tmp_path / "s" / "utterances.jsonl").read_text().splitlines())}
+    assert summary["num_beams"] == 3
+    _, model = load_trained(asr_run["checkpoint"])
+    feats = _shard_features(asr_run["shards"])
+    beam = {uid: model.generate(torch.from_numpy(f)[None], torch.tensor([f.shape[0]]), 128, num_beams=3)[0] for uid, _, f in feats}
+    greedy = {uid: model.generate(torch.from_numpy(f)[None], torch.tensor([f.shape[0]]), 128)[0] for uid, _, f in feats}
+    assert rows == beam and beam != greedy, "beam equals greedy on every clip: the check would be vacuous"
+    audio = run_eval(EvalOptions(model=str(asr_run["run"]), dataset=str(asr_run["corpus"]), subset="small",
+                                 split="test", num_beams=3, out=tmp_path / "a"))
+    audio_rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (tmp_path / "a" / "utterances.jsonl").read_text().splitlines())}
+    assert audio["num_beams"] == 3 and audio_rows == beam
+
+
 def test_max_samples_takes_the_first_utterances_in_order(asr_run, tmp_path):
     from tatk.evaluate.run import EvalOptions, run_eval
 

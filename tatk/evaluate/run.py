@@ -3,7 +3,7 @@
 Two modes, one scoring and output path:
 
 - **shards** (``--data``): stored encoder features of a ``tatk shard`` folder go straight through the
-  checkpoint's ``SpeechLM.generate`` (batched greedy decoding, left padding, KV cache). Fast, and exactly
+  checkpoint's ``SpeechLM.generate`` (batched greedy or beam decoding, left padding, KV cache). Fast, and exactly
   what training validated on, but it trusts the features were made by the encoder the model trained on.
 - **audio** (``--dataset`` / ``--local``): corpus rows read as ``tatk shard`` reads them, decoded to
   16 kHz, and run end to end (frozen encoder included) through the transformers pipeline of
@@ -50,6 +50,7 @@ class EvalOptions:
     max_samples: int | None = None  # first N utterances (shard mode) or input rows (audio mode)
     batch_size: int = 16
     max_new_tokens: int | None = None  # None: the recipe's eval.max_new_tokens, else DEFAULT_MAX_NEW_TOKENS
+    num_beams: int = 1  # 1: greedy; N > 1: beam search with N beams (transformers' generate)
     out: Path | None = None  # None: <checkpoint>/eval-<data name>-<split>
     device: str | None = None  # None: cuda when available, else cpu
 
@@ -195,10 +196,10 @@ def _shard_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
         for i, it in enumerate(batch):
             feats[i, : it.payload.shape[0]] = it.payload
         lens = torch.tensor([it.payload.shape[0] for it in batch], device=device)
-        return model.generate(torch.from_numpy(feats).to(device), lens, max_new)
+        return model.generate(torch.from_numpy(feats).to(device), lens, max_new, num_beams=opt.num_beams)
 
     skipped: dict[str, int] = {}
-    facts = {"model": str(ckpt), "step": _checkpoint_step(ckpt), "max_new_tokens": max_new}
+    facts = {"model": str(ckpt), "step": _checkpoint_step(ckpt), "max_new_tokens": max_new, "num_beams": opt.num_beams}
     items = shard_items(Path(opt.data), opt.split, opt.max_samples, skipped, model.projector.output_length)
     return run_batch, facts, items, skipped
 
@@ -227,11 +228,11 @@ def _audio_runner(opt: EvalOptions, device: str) -> tuple[Callable, dict, Iterat
 
     def run_batch(batch: list[Item]) -> list[str]:
         inputs = [{"raw": it.payload, "sampling_rate": 16_000} for it in batch]
-        out = pipe(inputs, batch_size=len(batch), generate_kwargs={"max_new_tokens": max_new})
+        out = pipe(inputs, batch_size=len(batch), generate_kwargs={"max_new_tokens": max_new, "num_beams": opt.num_beams})
         return [o["text"].strip() for o in out]
 
     skipped: dict[str, int] = {}
-    facts = {"model": str(ckpt or opt.model), "step": step, "max_new_tokens": max_new}
+    facts = {"model": str(ckpt or opt.model), "step": step, "max_new_tokens": max_new, "num_beams": opt.num_beams}
     return run_batch, facts, audio_items(corpus, opt.max_samples, skipped), skipped
 
 
@@ -249,7 +250,7 @@ def _check(opt: EvalOptions) -> None:
     given = [name for name in ("data", "dataset", "local") if getattr(opt, name) is not None]
     if len(given) != 1:
         raise UserError("give exactly one of --data (shard folder), --dataset or --local (audio)")
-    for name in ("batch_size", "max_samples", "max_new_tokens"):
+    for name in ("batch_size", "max_samples", "max_new_tokens", "num_beams"):
         value = getattr(opt, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -154,8 +154,10 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype)
 
     @torch.no_grad()
-    def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None) -> list[torch.Tensor]:
-        """Greedy reply token ids, one tensor per (frames_i, D) feature array; batched with left padding.
+    def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None, **options) -> list[torch.Tensor]:
+        """Reply token ids, one tensor per (frames_i, D) feature array; batched with left padding. Greedy unless
+        ``options`` say otherwise (``num_beams``, ``length_penalty``, ``repetition_penalty``, a ``streamer``:
+        see ``speech.GENERATE_OPTIONS``).
 
         An input too short for a single audio position gets no tokens.
         """
@@ -168,7 +170,7 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         for row, i in enumerate(keep):
             x[row, : lens[i]] = torch.from_numpy(np.asarray(feats[i], dtype=np.float32))
         ids = self.generate_ids(x.to(self.device, self.dtype), torch.tensor([lens[i] for i in keep], device=self.device),
-                                max_new_tokens or self.config.max_new_tokens)
+                                max_new_tokens or self.config.max_new_tokens, **options)
         for row, i in enumerate(keep):
             out[i] = ids[row].cpu()
         return out
