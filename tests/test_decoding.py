@@ -97,3 +97,47 @@ def test_unknown_decoding_options_are_refused(pipe, waves):
         pipe(waves[0], do_sample=True)
     with pytest.raises(TypeError, match="temperature"):
         pipe(waves[0], generate_kwargs={"temperature": 0.7})
+
+
+def _stream(pipe, audio, **kwargs) -> tuple[list[str], dict]:
+    """Run the pipeline in a thread with a TextIteratorStreamer, as a UI would; (pieces, final result)."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(pipe(audio, streamer=streamer, **kwargs)))
+    thread.start()
+    pieces = list(streamer)
+    thread.join()
+    return pieces, result
+
+
+def test_streamed_pieces_join_to_the_final_text(pipe, waves, feats):
+    words = 0
+    for wave in waves[:4]:
+        pieces, result = _stream(pipe, wave)
+        assert "".join(pieces).strip() == result["text"]
+        words += len(result["text"].split())
+    assert words, "every transcript is empty: vacuous"
+    from transformers import TextIteratorStreamer
+
+    # transformers' generate streams greedy decoding only: beam search with a streamer is its own clear error
+    with pytest.raises(ValueError, match="beam search"):
+        pipe(waves[0], streamer=TextIteratorStreamer(pipe.tokenizer), num_beams=3)
+    # the model itself, without the pipeline
+    streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    ids = {}
+    thread = threading.Thread(target=lambda: ids.update(out=pipe.model.transcribe(feats[:1], streamer=streamer)))
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    assert text.strip() == pipe.tokenizer.decode(ids["out"][0], skip_special_tokens=True).strip()
+
+
+def test_a_long_recording_streams_every_chunk(pipe, waves):
+    """Cut into several chunks (chunk_length_s), one stream carries all of them, joined as the final text is."""
+    gap = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([x for w in waves[:4] for x in (w, gap)])
+    pieces, result = _stream(pipe, audio, chunk_length_s=2.5, return_timestamps=True)
+    assert len(result["chunks"]) >= 3 and sum(bool(c["text"]) for c in result["chunks"]) >= 2, result
+    assert " ".join("".join(pieces).split()) == result["text"]

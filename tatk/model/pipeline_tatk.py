@@ -4,6 +4,8 @@ Accepts a file path, encoded bytes, a 1-D array at 16 kHz, ``{"raw" | "array": w
 (any rate: resampled with soxr), or a list of those with ``batch_size``. Audio longer than the model's
 ``chunk_seconds`` (30 s) is cut near that length at its quietest point, each chunk is transcribed and the
 texts are joined; ``return_timestamps=True`` also returns the chunks with their (start, end) seconds.
+Decoding is greedy unless told otherwise (``num_beams=``, ...); ``streamer=`` (a transformers
+``TextIteratorStreamer`` or ``TextStreamer``) receives the transcript as it is decoded, all chunks in one stream.
 """
 
 from __future__ import annotations
@@ -87,6 +89,27 @@ def chunk_bounds(wave: np.ndarray, max_seconds: float) -> list[tuple[int, int]]:
     return bounds
 
 
+class ChunkStreamer:
+    """One streamer across a long recording's chunks. ``generate`` ends its streamer after every chunk, which
+    would end a ``TextIteratorStreamer``'s iteration after the first one; between chunks this flushes the text
+    so far, followed by a space (chunk texts are joined with spaces), and leaves the stream open."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+
+    def put(self, value):
+        self.streamer.put(value)
+
+    def end(self):
+        s = self.streamer
+        if not hasattr(s, "on_finalized_text"):  # not a transformers TextStreamer: it sees the last chunk's end only
+            return
+        text = s.tokenizer.decode(s.token_cache, **s.decode_kwargs) if s.token_cache else ""
+        s.token_cache, s.next_tokens_are_prompt = [], True
+        printed, s.print_len = s.print_len, 0
+        s.on_finalized_text(text[printed:] + " ", stream_end=False)
+
+
 class TatkAsrPipeline(ChunkPipeline):
     """Audio → text with a ``TatkAsrModel``. Call options: decoding options (``max_new_tokens`` per chunk,
     ``num_beams``, ``length_penalty``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``early_stopping``,
@@ -124,7 +147,10 @@ class TatkAsrPipeline(ChunkPipeline):
     def _forward(self, model_inputs, options=None):
         batched = isinstance(model_inputs["is_last"], list)  # a collated batch holds lists; batch_size=1 does not
         prepared = model_inputs["prepared"] if batched else [model_inputs["prepared"]]
-        ids = self.model.transcribe(self.frontend.encode(prepared), **(options or {}))
+        options = dict(options or {})
+        if options.get("streamer") is not None and not batched and not model_inputs["is_last"]:
+            options["streamer"] = ChunkStreamer(options["streamer"])
+        ids = self.model.transcribe(self.frontend.encode(prepared), **options)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return {"is_last": model_inputs["is_last"], "text": texts if batched else texts[0], "span": model_inputs["span"]}
 
