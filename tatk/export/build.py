@@ -124,9 +124,22 @@ def _prepare_out(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, eval_summary: str | Path | None = None,
+def _local_folder(name: str) -> str | None:
+    """``name`` as an absolute path when it is a local folder (not a Hub id, not "mel:N"), else None."""
+    if name == "mel" or name.startswith("mel:"):
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else None
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = None, eval_summary: str | Path | None = None,
            license: str = "apache-2.0") -> Path:
-    """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder."""
+    """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder.
+
+    ``merged=None`` (the default) stores every weight when a base model is a local folder, since a folder does not
+    travel with the export (another machine, another working directory); Hub-id bases stay references.
+    ``merged=False`` keeps references even to folders, recorded as absolute paths.
+    """
     from safetensors.torch import save_file
     from transformers import AutoConfig, WhisperFeatureExtractor
 
@@ -142,6 +155,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, ev
     recipe, model = load_trained(checkpoint)
     weights, scale, enc_scale = _trained_weights(recipe, model)
     name = recipe.features.encoder
+    local = {n: _local_folder(n) for n in (name, recipe.model.llm)}
+    if merged is None:
+        merged = any(local.values())
     if name == "mel" or name.startswith("mel:"):
         n_mels = int(name.split(":")[1]) if ":" in name else 80
         encoder, kind, extractor, enc_rev = None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "log-mel"
@@ -152,9 +168,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, ev
         enc_rev = _encoder_revision(recipe, frozen.info.revision)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
-    cfg = TatkAsrConfig(
-        encoder=name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window, feature_dim=recipe.features.dim,
-        normalize=recipe.features.normalize, llm=recipe.model.llm, llm_revision=llm_rev,
+    cfg = TatkAsrConfig(  # local bases by absolute path: where they came from (merged) or where to load them from
+        encoder=local[name] or name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window,
+        feature_dim=recipe.features.dim, normalize=recipe.features.normalize, llm=local[recipe.model.llm] or recipe.model.llm,
+        llm_revision=llm_rev,
         llm_hidden=model.llm.get_input_embeddings().embedding_dim, projector_kind=recipe.projector.kind,
         projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden,
         projector_options=model_options(recipe.projector), decoder=recipe.model.decoder,

@@ -58,7 +58,17 @@ asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g
 ```
 
 Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
-Decoding is greedy, at most {cfg.max_new_tokens} new tokens per chunk (`max_new_tokens=` to change).
+
+## What it supports
+
+- Decoding: greedy by default, at most {cfg.max_new_tokens} new tokens per chunk; `max_new_tokens=`,
+  beam search with `num_beams=` and `length_penalty=`, `repetition_penalty=`, `no_repeat_ngram_size=`
+  (as keywords or in `generate_kwargs`); no sampling.
+- Streaming text: `streamer=TextIteratorStreamer(asr.tokenizer, skip_prompt=True, skip_special_tokens=True)`
+  (greedy, one clip at a time); long audio streams all its chunks.
+- Inputs: file paths, encoded bytes, arrays at any sampling rate, lists with `batch_size`; audio longer than
+  {cfg.chunk_seconds:g} s is cut at pauses (`return_timestamps=True` gives the chunks' times).
+- {"Self-contained: every weight is in this repository." if cfg.merged else "Loads its base encoder and LLM from their own repositories."}
 """
     if summary:
         body += f"""
