@@ -90,7 +90,7 @@ class Evaluated:
 
         path = Path(self.name)
         hub_id = not path.exists() and not self.name.endswith(":best") and re.fullmatch(r"[\w.-]+/[\w.-]+", self.name) and not self.name.startswith((".", "~"))
-        if hub_id or self.kind != "checkpoint":
+        if hub_id or (path.is_dir() and not (path / "recipe.toml").is_file()):
             raise UserError(f"{self.name}: shard mode (--data) needs a tatk checkpoint or run folder "
                             "(export folders, baselines and Hub ids: evaluate on audio with --dataset or --local)")
         ckpt = self._checkpoint()
