@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from train_fixtures import metrics, prepare_tiny, tiny_recipe, write_shards
 
@@ -97,19 +98,33 @@ def test_validation_is_the_same_on_1_and_2_processes(two):
 
 
 @pytest.mark.slow
-def test_a_2_process_run_resumed_on_1_process_reads_no_sample_twice_per_epoch(two):
-    """The 2-process run's step-12 checkpoint is what a SIGKILL after step 12 leaves; resumed by one process
-    (2 workers), the steps 13-24 it trains plus steps 1-12 of the 2-process run read no key twice per
-    epoch, and epoch 0 misses at most the units of the 4 interrupted rounds (one tar each)."""
+def test_sigkill_on_2_processes_then_resume_on_1_reads_no_sample_twice_per_epoch(two):
+    """A 2-process run killed (SIGKILL, the launcher and both ranks) after its step-12 checkpoint is resumed by one
+    process (2 workers): steps 1-12 of the killed run plus steps 13-24 of the resumed one read no key twice
+    per epoch, and epoch 0 misses at most the units of the 4 interrupted rounds (one tar each)."""
     root = two[0]
-    run = root / "runs" / "one"
-    shutil.copytree(root / "runs" / "two" / "checkpoints" / f"step-{SAVE:06d}", run / "checkpoints" / f"step-{SAVE:06d}")
-    (root / "one.toml").write_text((root / "two.toml").read_text().replace('name = "two"', 'name = "one"'))
+    (root / "killed.toml").write_text((root / "two.toml").read_text().replace('name = "two"', 'name = "killed"'))
+    out = root / "out-killed"
+    out.mkdir()
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", "29751", *PROBE, str(root / "killed.toml"), str(out)]
+    env = {**ENV, "ACCELERATE_USE_CPU": "true", "TATK_PROBE_HOLD_AT": str(SAVE)}  # both ranks wait after checkpoint 12
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not _dumped(out):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    tree = psutil.Process(proc.pid).children(recursive=True)  # the launcher and the 2 training processes
+    for p in [psutil.Process(proc.pid), *tree]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+    assert [c.name for c in sorted((root / "runs" / "killed" / "checkpoints").iterdir())] == [f"step-{SAVE:06d}"]
     (root / "out1").mkdir()
-    done = subprocess.run([sys.executable, *PROBE, str(root / "one.toml"), str(root / "out1"), "--resume"],
+    done = subprocess.run([sys.executable, *PROBE, str(root / "killed.toml"), str(root / "out1"), "--resume"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    before = [r for r in records(root / "out") if r["step"] <= SAVE]
+    before = [r for r in records(out) if r["step"] <= SAVE]
     after = records(root / "out1", ranks=(0,))
     assert min(r["step"] for r in after) == SAVE + 1
     assert per_epoch(before)[0] and per_epoch(after)[0]  # killed mid-epoch 0: the resumed run reads its rest
@@ -117,6 +132,14 @@ def test_a_2_process_run_resumed_on_1_process_reads_no_sample_twice_per_epoch(tw
     for epoch, seen in epochs.items():
         assert set(seen.values()) == {1}, epoch
     assert len(epochs[0]) >= 256 - 4 * 16
+
+
+def _dumped(out: Path) -> bool:
+    """Both ranks' probe records of checkpoint 12 are written (the probe writes them right after saving, then holds)."""
+    try:
+        return all(json.loads((out / f"keys-{r}.json").read_text()) for r in (0, 1))
+    except (OSError, ValueError):
+        return False
 
 
 @pytest.mark.slow

@@ -140,6 +140,22 @@ def test_progress_eta_and_plain_lines_off_a_terminal():
     assert p.logged({"loss": 1.0}) == "elapsed 0:00:20  eta 0:01:00"
 
 
+def test_zero_resume_on_another_process_count_is_refused_in_one_line(tmp_path):
+    """DeepSpeed's optimizer shards are per rank: a ZeRO run saved by 2 processes does not resume on 1 (DDP and
+    one process do: tests/test_data_scale.py)."""
+    from types import SimpleNamespace
+
+    from tatk.errors import UserError
+    from tatk.train.loop import Trainer
+
+    (tmp_path / "data.json").write_text(json.dumps({"processes": 2, "workers": 2}))
+    me = lambda zero, n: SimpleNamespace(updates=SimpleNamespace(zero=zero), accelerator=SimpleNamespace(num_processes=n))
+    with pytest.raises(UserError, match="saved by 2 DeepSpeed processes; ZeRO resumes only on the same number"):
+        Trainer._check_resume(me(2, 1), tmp_path)
+    Trainer._check_resume(me(2, 2), tmp_path)  # the same count
+    Trainer._check_resume(me(None, 1), tmp_path)  # DDP / one process: the data position is mapped instead
+
+
 def test_refuses_to_overwrite_a_run(reference):
     done = subprocess.run([sys.executable, "tatk", "train", str(reference.parent / "r.toml")], cwd=ROOT, env=ENV,
                           capture_output=True, text=True)

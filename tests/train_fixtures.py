@@ -151,9 +151,12 @@ def tiny_recipe(base: Path, run_dir: Path, **sections) -> str:
 
 
 def _probe(recipe_path: str, out: str, *args: str) -> None:
-    """Run ``tatk train`` in this process (``args``: "--resume"), recording every step's training batches
+    """Run ``tatk train`` in this process (``args``: "--resume", "--set key=value"), recording every step's training batches
     as (step, sample keys, (set, epoch) origins, (worker, round)) and, at each checkpoint, this rank's
     records and final trainable weights to ``out`` (used by the multi-process tests under ``accelerate launch``)."""
+    import os
+    import time
+
     import torch
 
     import tatk.train.loop as T
@@ -179,9 +182,12 @@ def _probe(recipe_path: str, out: str, *args: str) -> None:
         rank = accelerator.process_index
         torch.save(weights, Path(out) / f"weights-{rank}.pt")
         (Path(out) / f"keys-{rank}.json").write_text(json.dumps(records))
+        if str(args[3]) == os.environ.get("TATK_PROBE_HOLD_AT"):  # a test kills the run here, after checkpoint N
+            time.sleep(3600)
 
     T.save_checkpoint = save_and_dump
-    T.train(load_recipe(Path(recipe_path), []), resume="--resume" in args)
+    overrides = [a for prev, a in zip(("",) + args, args) if prev == "--set"]
+    T.train(load_recipe(Path(recipe_path), overrides), resume="--resume" in args)
 
 
 if __name__ == "__main__":
