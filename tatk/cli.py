@@ -167,13 +167,14 @@ def eval_(
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run folder written by `tatk train` (holds metrics.jsonl).")],
-    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="`tatk eval` output folder; default: the newest one inside the run.")] = None,
+    eval_dirs: Annotated[Optional[list[Path]], typer.Option("--eval", help="`tatk eval` output folder (repeat to set held-out splits side by side); default: the newest one inside the run.")] = None,
 ) -> None:
-    """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances."""
+    """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances;
+    with several --eval folders, their WERs side by side (table and held-out.png)."""
     from tatk.evaluate.report import write_report
 
     try:
-        out = write_report(run, eval_dir)
+        out = write_report(run, eval_dirs)
     except UserError as e:
         _fail(str(e))
     print(f"report: {out / 'report.md'}")

@@ -79,6 +79,25 @@ def test_demo_every_stage_leaves_valid_artifacts(demo):
 
 
 @pytest.mark.slow
+def test_demo_sets_held_out_splits_side_by_side(demo):
+    """The main job evaluates the in-grammar test split, unseen word orders and unseen voices with noise;
+    the report's table holds each eval's own WER and size, and the bar chart is drawn."""
+    import matplotlib.image
+
+    report = demo["run"] / "report"
+    text = (report / "report.md").read_text()
+    table = text[text.index("## Held-out splits side by side"):]
+    first = None
+    for split in ("test", "test_order", "test_noisy"):
+        summary = json.loads((demo["run"] / f"eval-{split}" / "summary.json").read_text())
+        assert summary["split"] == split and summary["n"] == 12
+        first = summary["wer"] if first is None else first
+        assert f"| {split} | {summary['data']} | 12 | {100 * summary['wer']:.2f} % | {100 * (summary['wer'] - first):+.2f} |" in table
+    assert json.loads((report / "eval-summaries.json").read_text())["test_noisy"]["split"] == "test_noisy"
+    assert matplotlib.image.imread(report / "held-out.png").std() > 0
+
+
+@pytest.mark.slow
 def test_demo_export_transcribes_a_test_clip(demo):
     import pyarrow.parquet as pq
     from transformers import pipeline
