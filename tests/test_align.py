@@ -1,0 +1,105 @@
+"""CTC forced alignment (tatk/model/align.py) on hand-made emission matrices with known best paths."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tatk.model.align import ctc_viterbi, spread, word_spans
+
+BLANK = 0
+
+
+def _emissions(frames: list[int], vocab: int = 4, sure: float = 0.9) -> np.ndarray:
+    """Log-probabilities where frame t puts ``sure`` on token ``frames[t]`` and the rest evenly elsewhere."""
+    p = np.full((len(frames), vocab), (1 - sure) / (vocab - 1))
+    p[np.arange(len(frames)), frames] = sure
+    return np.log(p)
+
+
+def _collapse(path) -> list[int]:
+    return [k for k, _ in itertools.groupby(path) if k != BLANK]
+
+
+def _brute_force(lp: np.ndarray, targets: list[int]):
+    """Every frame labelling whose CTC collapse is ``targets``; the best one's per-token frame spans."""
+    best, best_spans = -np.inf, None
+    for path in itertools.product(range(lp.shape[1]), repeat=len(lp)):
+        if _collapse(path) != targets:
+            continue
+        score = lp[np.arange(len(lp)), path].sum()
+        if score > best:
+            best, spans, t = score, [], 0
+            for k, run in itertools.groupby(path):
+                n = len(list(run))
+                if k != BLANK:
+                    spans.append((t, t + n))
+                t += n
+            best_spans = spans
+    return best_spans
+
+
+def test_a_clear_path_is_found():
+    #          t: 0  1  2  3  4  5  6  7
+    lp = _emissions([0, 1, 1, 0, 2, 0, 3, 3])
+    assert ctc_viterbi(lp, [1, 2, 3], BLANK) == [(1, 3), (4, 5), (6, 8)]
+
+
+def test_a_weak_frame_is_forced_to_the_transcript():
+    # frame 2 says token 3, but the transcript is [1, 2]: the path must give frame 2 to 1, blank or 2
+    lp = _emissions([1, 1, 3, 2, 2])
+    spans = ctc_viterbi(lp, [1, 2], BLANK)
+    assert spans[0][0] == 0 and spans[1][1] == 5 and spans[0][1] <= spans[1][0]
+
+
+def test_repeated_tokens_need_a_blank_between():
+    lp = _emissions([1, 1, 1])
+    assert ctc_viterbi(lp, [1, 1], BLANK) == [(0, 1), (2, 3)]  # the only path: 1 blank 1
+    assert ctc_viterbi(lp[:2], [1, 1], BLANK) is None  # two frames cannot hold 1 blank 1
+    assert ctc_viterbi(lp[:2], [1, 2, 3], BLANK) is None
+    assert ctc_viterbi(lp, [], BLANK) == []
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_viterbi_equals_brute_force_on_random_matrices(seed):
+    rng = np.random.default_rng(seed)
+    frames, vocab = 7, 3
+    lp = np.log(rng.dirichlet(np.ones(vocab), size=frames))
+    targets = [[1, 2], [1, 1], [2, 1, 2], [1]][seed % 4]
+    assert ctc_viterbi(lp, targets, BLANK) == _brute_force(lp, targets)
+
+
+def test_spread_is_proportional_and_covers_the_interval():
+    assert spread([2, 1, 1], 1.0, 3.0) == [(1.0, 2.0), (2.0, 2.5), (2.5, 3.0)]
+    assert spread([0, 0], 2.0, 2.0) == [(2.0, 2.0), (2.0, 2.0)]
+
+
+VOCAB = {"a": 1, "b": 2, "c": 3}  # blank 0, delimiter 4
+
+
+def test_word_spans_in_seconds_with_delimiters():
+    #              t: 0  1  2  3  4  5  6  7  8  9
+    lp = _emissions([0, 1, 2, 4, 0, 3, 3, 4, 1, 0], vocab=5)
+    spans = word_spans(lp, ["AB", "c.", "a"], VOCAB, BLANK, 4, 0.02)  # upper case and "." are handled
+    assert np.allclose(spans, [(0.02, 0.06), (0.10, 0.14), (0.16, 0.18)])
+
+
+def test_unspellable_words_share_the_gap_around_them():
+    lp = _emissions([0, 1, 4, 0, 0, 0, 0, 4, 2, 0], vocab=5)
+    spans = word_spans(lp, ["a", "42", "%", "b"], VOCAB, BLANK, 4, 0.1)
+    # "a" frame 1, "b" frame 8; the delimiters may take frames around the gap, so read the gap from the result
+    (a0, a1), (n0, n1), (p0, p1), (b0, b1) = spans
+    assert np.isclose(a0, 0.1) and np.isclose(b1, 0.9)
+    assert np.isclose(n0, a1) and np.isclose(p1, b0) and np.isclose(n1, p0)
+    assert np.isclose(n1 - n0, 2 * (p1 - p0))  # split in proportion to characters (2 : 1)
+    edges = word_spans(lp, ["#", "a", "b", "1"], VOCAB, BLANK, 4, 0.1)  # at the edges: chunk start and end
+    assert np.allclose([edges[0], edges[3]], [(0.0, edges[1][0]), (edges[2][1], 1.0)])
+
+
+def test_nothing_alignable_spreads_every_word():
+    lp = _emissions([0, 1, 0], vocab=5)
+    assert np.allclose(word_spans(lp, ["12", "%"], VOCAB, BLANK, 4, 0.1), spread([2, 1], 0.0, 0.3))
+    # more characters than frames: no path, spread instead of failing
+    assert np.allclose(word_spans(lp, ["abc", "abc"], VOCAB, BLANK, 4, 0.1), spread([3, 3], 0.0, 0.3))
