@@ -1,4 +1,5 @@
-"""CTC forced alignment (tatk/model/align.py) on hand-made emission matrices with known best paths."""
+"""CTC forced alignment (tatk/model/align.py): the Viterbi on hand-made emission matrices with known best paths,
+and word starts of a tiny trained CTC aligner against espeak-ng's own word events."""
 
 from __future__ import annotations
 
@@ -54,6 +55,13 @@ def test_a_weak_frame_is_forced_to_the_transcript():
     assert spans[0][0] == 0 and spans[1][1] == 5 and spans[0][1] <= spans[1][0]
 
 
+def test_a_long_transcript():
+    targets = [1 + i % 3 for i in range(150)]  # 301 states: more than an int8 can index
+    frames = [k for t in targets for k in (t, t, 0)]
+    spans = ctc_viterbi(_emissions(frames), targets, BLANK)
+    assert spans == [(3 * i, 3 * i + 2) for i in range(150)]
+
+
 def test_repeated_tokens_need_a_blank_between():
     lp = _emissions([1, 1, 1])
     assert ctc_viterbi(lp, [1, 1], BLANK) == [(0, 1), (2, 3)]  # the only path: 1 blank 1
@@ -103,3 +111,31 @@ def test_nothing_alignable_spreads_every_word():
     assert np.allclose(word_spans(lp, ["12", "%"], VOCAB, BLANK, 4, 0.1), spread([2, 1], 0.0, 0.3))
     # more characters than frames: no path, spread instead of failing
     assert np.allclose(word_spans(lp, ["abc", "abc"], VOCAB, BLANK, 4, 0.1), spread([3, 3], 0.0, 0.3))
+
+
+def _start_errors(folder, clips) -> np.ndarray:
+    """|aligned start - espeak-ng's start| in seconds for every word espeak-ng reported."""
+    from tatk.model.align import CtcAligner
+
+    aligner = CtcAligner.load(str(folder))
+    errors = []
+    for c in clips:
+        words = aligner.words(c["wave"], c["text"])
+        assert [w["text"] for w in words] == c["text"].split()
+        errors += [abs(w["timestamp"][0] - s) for w, s in zip(words, c["starts"]) if s is not None]
+    return np.asarray(errors)
+
+
+@pytest.mark.slow
+def test_word_starts_match_espeak_ng(tiny_aligner, tmp_path):
+    """Held-out sentences (none spoken in training) by random voices: median |start error| < 80 ms, 90 % < 200 ms.
+    An untrained aligner of the same shape fails the same bar, so the bar measures the alignment."""
+    from tatk.synthetic.aligner import build_tiny_aligner, clip_plans, spoken_clips
+
+    trained_on = {text for text, *_ in clip_plans(240, seed=0)}  # build_tiny_aligner's defaults
+    clips = [c for c in spoken_clips(40, seed=99) if c["text"] not in trained_on]
+    errors = _start_errors(tiny_aligner, clips)
+    assert len(clips) >= 30 and len(errors) >= 200
+    assert np.median(errors) < 0.080 and np.mean(errors < 0.200) >= 0.90, (np.median(errors), np.mean(errors < 0.2))
+    untrained = _start_errors(build_tiny_aligner(tmp_path / "untrained", steps=0), clips)
+    assert not (np.median(untrained) < 0.080 and np.mean(untrained < 0.200) >= 0.90)

@@ -55,7 +55,7 @@ def ctc_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> list[t
     state_at = np.empty(n_frames, dtype=np.int64)
     for t in range(n_frames - 1, -1, -1):
         state_at[t] = last
-        last -= back[t, last]
+        last -= int(back[t, last])  # (a numpy int8 would overflow past 127 states)
     spans = []
     for i in range(n_tokens):
         frames = np.flatnonzero(state_at == 2 * i + 1)
