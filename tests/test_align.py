@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tatk.model.align import ctc_viterbi, spread, word_spans
+from tatk.model.align import ctc_viterbi, spread, word_options, word_spans
 
 BLANK = 0
 
@@ -111,6 +111,18 @@ def test_nothing_alignable_spreads_every_word():
     assert np.allclose(word_spans(lp, ["12", "%"], VOCAB, BLANK, 4, 0.1), spread([2, 1], 0.0, 0.3))
     # more characters than frames: no path, spread instead of failing
     assert np.allclose(word_spans(lp, ["abc", "abc"], VOCAB, BLANK, 4, 0.1), spread([3, 3], 0.0, 0.3))
+
+
+def test_word_timestamps_need_an_aligner():
+    class Exported:
+        aligner = ""
+
+    with pytest.raises(ValueError, match="tatk export --aligner"):
+        word_options(Exported(), "word", None)
+    assert word_options(Exported(), "word", "some/ctc") == ({"keep_wave": True}, {"aligner": "some/ctc"})
+    assert word_options(Exported(), True, None) == ({}, {})
+    with pytest.raises(ValueError, match="return_timestamps"):
+        word_options(Exported(), "char", None)
 
 
 def _start_errors(folder, clips) -> np.ndarray:

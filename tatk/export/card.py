@@ -13,22 +13,13 @@ def is_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
 
 
-def _supports(cfg) -> str:
-    """The card's list of what the exported pipeline can do."""
-    aligner = getattr(cfg, "aligner", "")
-    if aligner:
-        where = "copied into this repository's `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{aligner}`"
-        words = (f'- word timestamps: `asr("speech.wav", return_timestamps="word")["chunks"]` gives each word with its '
-                 f"(start, end) seconds, by CTC forced alignment with {where}")
-    else:
-        words = ("- word timestamps: not in this export (made without `tatk export --aligner`); pass a CTC model with "
-                 '`asr(x, return_timestamps="word", aligner="facebook/wav2vec2-base-960h")`')
-    return "\n".join([
-        "- transcripts of any length: longer audio is cut at pauses and the chunk texts joined",
-        "- paths, encoded bytes, arrays at any sampling rate, and batches (`batch_size=`)",
-        "- chunk timestamps: `return_timestamps=True`",
-        words,
-    ])
+def _word_timestamps(cfg) -> str:
+    """The card's line on word timestamps: with the export's aligner, or how to get them without one."""
+    if not getattr(cfg, "aligner", ""):
+        return ('# word timestamps: exported without `tatk export --aligner`; give a CTC model per call:\n'
+                'asr("speech.wav", return_timestamps="word", aligner="facebook/wav2vec2-base-960h")["chunks"]')
+    where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
+    return f'asr("speech.wav", return_timestamps="word")["chunks"]  # words, (start, end) s: forced alignment with {where}'
 
 
 def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
@@ -73,14 +64,11 @@ asr("speech.wav")["text"]
 asr({{"raw": wave, "sampling_rate": 44100}})            # any rate, resampled to 16 kHz
 asr(["a.wav", "b.flac"], batch_size=8)                  # batched
 asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g} s is cut at pauses
+{_word_timestamps(cfg)}
 ```
 
 Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
 Decoding is greedy, at most {cfg.max_new_tokens} new tokens per chunk (`max_new_tokens=` to change).
-
-## What it supports
-
-{_supports(cfg)}
 """
     if summary:
         body += f"""

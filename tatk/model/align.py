@@ -118,6 +118,20 @@ def word_spans(log_probs: np.ndarray, words: list[str], vocab: dict[str, int], b
     return out  # type: ignore[return-value]
 
 
+def word_options(config, return_timestamps, aligner: str | None) -> tuple[dict, dict]:
+    """The pipeline's extra (preprocess, postprocess) parameters for ``return_timestamps="word"``; fails, before
+    any audio is decoded, when there is no aligner (none exported, none given) or the option is unknown."""
+    if return_timestamps in (None, True, False):
+        return {}, {}
+    if return_timestamps != "word":
+        raise ValueError(f'return_timestamps must be True, False or "word", not {return_timestamps!r}')
+    if not (aligner or getattr(config, "aligner", "")):
+        raise ValueError('return_timestamps="word" needs a CTC aligner: this model was exported without one. '
+                         f"Export it with `tatk export --aligner {DEFAULT_ALIGNER}` (or any CTC model's id or folder), "
+                         "or pass aligner=ID_OR_FOLDER to the call")
+    return {"keep_wave": True}, {"aligner": aligner}
+
+
 class CtcAligner:
     """A CTC model with its feature extractor and character vocabulary, aligning transcripts to audio."""
 

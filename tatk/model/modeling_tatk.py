@@ -104,7 +104,6 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
             enc_config = AutoConfig.from_pretrained(config.encoder, revision=revision, **base)
             encoder = load_audio_model(config.encoder, enc_config, dtype, revision=revision, **base)
         llm = AutoModelForCausalLM.from_pretrained(config.llm, revision=pinned(config.llm_revision), dtype=dtype, **base)
-        config._name_or_path = name  # as transformers' own from_pretrained does: files beside the weights are found
         model = cls(config, encoder=encoder, llm=llm)
         model.load_trained(weights)
         return model.to(dtype).eval()

@@ -3,9 +3,7 @@
 Accepts a file path, encoded bytes, a 1-D array at 16 kHz, ``{"raw" | "array": wave, "sampling_rate": sr}``
 (any rate: resampled with soxr), or a list of those with ``batch_size``. Audio longer than the model's
 ``chunk_seconds`` (30 s) is cut near that length at its quietest point, each chunk is transcribed and the
-texts are joined; ``return_timestamps=True`` also returns the chunks with their (start, end) seconds, and
-``return_timestamps="word"`` each word's, by CTC forced alignment (``align.py``) with the model's aligner
-(``tatk export --aligner``) or the one named by ``aligner=`` (Hub id or folder of a CTC model).
+texts are joined; ``return_timestamps=True`` also returns the chunks with their (start, end) seconds.
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ import os
 
 import numpy as np
 from transformers.pipelines.base import ChunkPipeline
-
-from .align import DEFAULT_ALIGNER, CtcAligner
 
 SAMPLE_RATE = 16_000
 FRAME, HOP = 400, 160  # 25 ms energy frames every 10 ms, for choosing where to cut
@@ -92,8 +88,7 @@ def chunk_bounds(wave: np.ndarray, max_seconds: float) -> list[tuple[int, int]]:
 class TatkAsrPipeline(ChunkPipeline):
     """Audio → text with a ``TatkAsrModel``. Call options: ``max_new_tokens`` (per chunk; also accepted as
     ``generate_kwargs={"max_new_tokens": N}``),
-    ``chunk_length_s`` (at most the model's ``chunk_seconds``), ``return_timestamps`` (True: chunks, "word":
-    words), ``aligner`` (a CTC model's Hub id or folder for word timestamps, instead of the exported one)."""
+    ``chunk_length_s`` (at most the model's ``chunk_seconds``), ``return_timestamps``."""
 
     _load_tokenizer = True
     _load_feature_extractor = True
@@ -104,7 +99,7 @@ class TatkAsrPipeline(ChunkPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.frontend = self.model.audio_encoder(self.feature_extractor)
-        self.aligners: dict[str, CtcAligner] = {}  # loaded on first use, by name
+        self.aligners = {}  # CTC aligners for return_timestamps="word", loaded on first use, by name
 
     def _sanitize_parameters(self, max_new_tokens=None, chunk_length_s=None, return_timestamps=None, generate_kwargs=None,
                              aligner=None, **kwargs):
@@ -118,15 +113,10 @@ class TatkAsrPipeline(ChunkPipeline):
         pre = {"chunk_length_s": chunk_length_s} if chunk_length_s else {}
         fwd = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         post = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
-        if return_timestamps == "word":  # checked here, before any audio is decoded
-            if not (aligner or self.model.config.aligner):
-                raise ValueError('return_timestamps="word" needs a CTC aligner: this model was exported without one. '
-                                 f"Export it with `tatk export --aligner {DEFAULT_ALIGNER}` (or any CTC model's id or "
-                                 "folder), or pass aligner=ID_OR_FOLDER to the call")
-            pre["keep_wave"], post["aligner"] = True, aligner
-        elif return_timestamps not in (None, True, False):
-            raise ValueError(f'return_timestamps must be True, False or "word", not {return_timestamps!r}')
-        return pre, fwd, post
+        from .align import word_options  # word timestamps (return_timestamps="word", aligner=): align.py
+
+        word_pre, word_post = word_options(self.model.config, return_timestamps, aligner)
+        return {**pre, **word_pre}, fwd, {**post, **word_post}
 
     def preprocess(self, inputs, chunk_length_s=None, keep_wave=False):
         wave = load_audio(inputs)
@@ -141,17 +131,20 @@ class TatkAsrPipeline(ChunkPipeline):
         ids = self.model.transcribe(self.frontend.encode(prepared), max_new_tokens)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return {"is_last": model_inputs["is_last"], "text": texts if batched else texts[0], "span": model_inputs["span"],
-                **({"wave": model_inputs["wave"]} if "wave" in model_inputs else {})}
+                **({"wave": model_inputs["wave"]} if "wave" in model_inputs else {})}  # kept for word timestamps
 
-    def aligner(self, name: str | None = None) -> CtcAligner:
-        """The CTC aligner ``name`` (Hub id or folder), else the export's: copied inside it or named by id."""
+    def aligner(self, name: str | None = None):
+        """The CTC aligner for word timestamps: ``name`` (a Hub id or folder given with ``aligner=``), else the
+        export's (``tatk export --aligner``): a folder copied inside the export, or a Hub id."""
+        from .align import CtcAligner
+
         cfg = self.model.config
         key = name or f"{cfg.aligner}@{cfg.aligner_subfolder}"
         if key not in self.aligners:
             if name:
                 found = CtcAligner.load(name, device=self.model.device)
-            elif cfg.aligner_subfolder:  # a folder inside the export, wherever the export was loaded from
-                export = self.model.name_or_path or self.tokenizer.name_or_path  # (the tokenizer is the export's)
+            elif cfg.aligner_subfolder:  # inside the export, wherever it was loaded from (the tokenizer is the export's)
+                export = self.model.name_or_path or self.tokenizer.name_or_path
                 found = CtcAligner.load(export, subfolder=cfg.aligner_subfolder, device=self.model.device)
             else:
                 revision = cfg.aligner_revision if len(cfg.aligner_revision) == 40 else None  # a Hub commit
@@ -161,7 +154,7 @@ class TatkAsrPipeline(ChunkPipeline):
 
     def postprocess(self, model_outputs, return_timestamps=False, aligner=None):
         out = {"text": " ".join(o["text"] for o in model_outputs if o["text"])}
-        if return_timestamps == "word":  # each chunk aligned on its own, its times offset by where it starts
+        if return_timestamps == "word":  # each chunk aligned on its own, its word times offset by its start
             ctc = self.aligner(aligner)
             out["chunks"] = [w for o in model_outputs
                              for w in ctc.words(np.ravel(o["wave"]), o["text"], offset=float(o["span"][0]))]
