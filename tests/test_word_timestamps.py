@@ -35,6 +35,8 @@ try:
 except ValueError as e:
     out["error"] = str(e)
 out["call_time"] = pipe(files[0], return_timestamps="word", aligner=spec["aligner"])
+pipe.model.config.aligner = spec["aligner"]  # as exported with a Hub id: loaded by name, not from the export
+out["by_name"] = pipe(files[0], return_timestamps="word")
 json.dump(out, open(sys.argv[2], "w"))
 """
 
@@ -133,9 +135,10 @@ def test_long_audio_words_are_offset_into_their_chunks(results, clips, ctc_folde
     assert np.allclose([w["timestamp"] for w in got], [w["timestamp"] for w in expected], atol=2e-3)
 
 
-def test_without_an_aligner_one_clear_error_and_call_time_aligner(results):
+def test_without_an_aligner_one_clear_error_and_other_aligners(results):
     assert "--aligner" in results["error"] and "\n" not in results["error"]
     assert results["call_time"] == results["clips"][0]  # the original folder = the copy inside the export
+    assert results["by_name"] == results["clips"][0]
 
 
 def test_export_refuses_a_bad_aligner_in_one_line(asr_run, tmp_path):
