@@ -125,6 +125,22 @@ def test_word_timestamps_need_an_aligner():
         word_options(Exported(), "char", None)
 
 
+def test_any_audio_length_and_any_text_give_the_transcript_words(tmp_path):
+    """A real (untrained) CTC model: a 5-ms chunk, unspellable words and more letters than frames never fail."""
+    from tatk.model.align import CtcAligner
+    from tatk.synthetic.aligner import build_tiny_aligner
+
+    aligner = CtcAligner.load(str(build_tiny_aligner(tmp_path / "ctc", steps=0)))
+    rng = np.random.default_rng(0)
+    for seconds, text in ((0.005, "HELLO THERE"), (0.3, "42 % OK"), (0.1, "A " * 40), (1.0, ""), (0.5, "don't, 3rd!")):
+        wave = (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)
+        words = aligner.words(wave, text, offset=2.0)
+        assert [w["text"] for w in words] == text.split()
+        starts = [w["timestamp"][0] for w in words]
+        assert starts == sorted(starts)
+        assert all(2.0 <= a <= b <= 2.0 + seconds + 1e-3 for a, b in (w["timestamp"] for w in words))
+
+
 def _start_errors(folder, clips) -> np.ndarray:
     """|aligned start - espeak-ng's start| in seconds for every word espeak-ng reported."""
     from tatk.model.align import CtcAligner

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 DEFAULT_ALIGNER = "facebook/wav2vec2-base-960h"  # English characters, 20-ms frames; what tiny-audio uses
+MIN_SAMPLES = 1_600  # shorter audio (the tail chunk of a long input can be a few ms) is padded with silence
 
 
 def ctc_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> list[tuple[int, int]] | None:
@@ -164,8 +165,11 @@ class CtcAligner:
     def words(self, wave: np.ndarray, text: str, offset: float = 0.0) -> list[dict]:
         """``[{"text": word, "timestamp": (start, end)}]`` for ``text`` spoken in ``wave``, times + ``offset``."""
         words = text.split()
-        if not words or not len(wave):
+        if not words:
             return []
-        lp = self.log_probs(wave)
-        spans = word_spans(lp, words, self.vocab, self.blank, self.delimiter, len(wave) / 16_000 / max(len(lp), 1))
-        return [{"text": w, "timestamp": (round(offset + a, 3), round(offset + b, 3))} for w, (a, b) in zip(words, spans)]
+        duration = len(wave) / 16_000
+        padded = np.pad(wave, (0, max(0, MIN_SAMPLES - len(wave))))  # a few ms of audio still gives frames
+        lp = self.log_probs(padded)
+        spans = word_spans(lp, words, self.vocab, self.blank, self.delimiter, len(padded) / 16_000 / max(len(lp), 1))
+        return [{"text": w, "timestamp": (round(offset + min(a, duration), 3), round(offset + min(b, duration), 3))}
+                for w, (a, b) in zip(words, spans)]
