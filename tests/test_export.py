@@ -48,14 +48,14 @@ json.dump(results, open(sys.argv[2], "w"))
 """
 
 
-def run_pipeline(model: Path, jobs: dict, tmp: Path) -> dict:
-    """Run PIPELINE_JOBS in a fresh offline process; {job: [pipeline outputs]}."""
+def run_pipeline(model: Path, jobs: dict, tmp: Path, cwd: Path | None = None) -> dict:
+    """Run PIPELINE_JOBS in a fresh offline process (in ``cwd``); {job: [pipeline outputs]}."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "jobs.py").write_text(PIPELINE_JOBS)
     (tmp / "spec.json").write_text(json.dumps({"model": str(model), "jobs": jobs}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp / "modules")}
     proc = subprocess.run([sys.executable, str(tmp / "jobs.py"), str(tmp / "spec.json"), str(tmp / "out.json")],
-                          capture_output=True, text=True, env=env, check=False)
+                          capture_output=True, text=True, env=env, check=False, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((tmp / "out.json").read_text())
 
@@ -87,9 +87,9 @@ def trained(asr_run):
 
 
 @pytest.fixture(scope="module")
-def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
-    """Transcripts of the test clips by an independent path: `tatk shard --dtype float32` (stored features equal
-    the live encoder's) read back from the tars, then tatk's own SpeechLM.generate."""
+def f32_features(asr_run, clips, tmp_path_factory) -> dict[str, np.ndarray]:
+    """{clip id: features} of the test clips by `tatk shard --dtype float32` (stored features equal the live
+    encoder's), read back from the tars."""
     import webdataset as wds
 
     from tatk.shard.format import shard_paths
@@ -101,8 +101,14 @@ def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
     for sample in wds.WebDataset(shard_paths(out, "test"), shardshuffle=False, empty_check=False):
         feats[json.loads(sample["json"])["id"]] = np.load(io.BytesIO(sample["feats.npy"]))
     assert sorted(feats) == sorted(clips["ids"])
+    return feats
+
+
+@pytest.fixture(scope="module")
+def reference(clips, trained, f32_features) -> list[str]:
+    """Transcripts of the test clips by an independent path: float32 stored features, then tatk's own SpeechLM.generate."""
     recipe, model = trained
-    return [_generate(model, [feats[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
+    return [_generate(model, [f32_features[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
 
 
 def _generate(model, feats: list[np.ndarray], max_new: int) -> list[str]:
@@ -164,7 +170,7 @@ def pipeline_results(exported, clips, tmp_path_factory) -> dict:
     return run_pipeline(exported, jobs, root / "run")
 
 
-def test_export_folder_is_hub_ready(exported):
+def test_export_folder_is_hub_ready(exported, asr_run):
     config = json.loads((exported / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_tatk.TatkAsrModel"
     assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_tatk.TatkAsrPipeline"
@@ -173,9 +179,12 @@ def test_export_folder_is_hub_ready(exported):
     from safetensors.torch import load_file
 
     weights = load_file(str(exported / "model.safetensors"))
-    # decoder = "full" in asr_run: projector + decoder; never the frozen encoder
-    assert any(k.startswith("projector.") for k in weights) and any(k.startswith("llm.") for k in weights)
-    assert not any(k.startswith("encoder.") for k in weights)
+    # the bases are local folders, so the default export is self-contained: every weight, encoder included
+    assert config["merged"] and config["encoder_config"] and config["llm_config"]
+    assert any(k.startswith(("projector.", "llm.", "encoder.")) for k in weights)
+    assert {k.split(".")[0] for k in weights} >= {"projector", "llm", "encoder"}
+    # provenance: where the bases came from (absolute paths) and their content hashes
+    assert config["encoder"] == str(Path(asr_run["encoder"]).resolve()) and config["llm"] == str(Path(asr_run["llm"]).resolve())
     assert config["llm_revision"].startswith("sha256:") and config["encoder_revision"].startswith("sha256:")
     from transformers import AutoTokenizer
 
@@ -241,15 +250,53 @@ def _relocated_checkpoint(asr_run, root: Path, **recipe_edits) -> tuple[Path, di
     return ckpt, base
 
 
-def test_merged_works_without_base_models(asr_run, clips, reference, tmp_path):
+def test_default_export_loads_from_anywhere(asr_run, clips, reference, tmp_path):
+    """Local base folders → a self-contained export: it loads from another working directory, after the base
+    folders are deleted and after the export folder itself is moved."""
     ckpt, base = _relocated_checkpoint(asr_run, tmp_path)
     assert str(base["llm"]) in (ckpt / "recipe.toml").read_text()
-    out = tmp_path / "merged"
-    run_tatk("export", ckpt, out, "--merged")
+    run_tatk("export", ckpt, "exports/tiny", cwd=tmp_path)  # a relative output folder, as in the main job
     shutil.rmtree(base["encoder"])
     shutil.rmtree(base["llm"])
-    results = run_pipeline(out, {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}, tmp_path / "run")
+    moved = tmp_path / "elsewhere" / "tiny"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "exports" / "tiny", moved)
+    other = tmp_path / "other-cwd"
+    other.mkdir()
+    jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}
+    results = run_pipeline(moved, jobs, tmp_path / "run", cwd=other)
     assert [r["text"] for r in results["paths"]] == reference
+
+
+def test_no_merged_keeps_references_and_names_a_missing_base(asr_run, clips, reference, tmp_path):
+    """--no-merged: the bases are referenced by absolute path (loads from any cwd while they exist); once one is
+    gone, loading fails with one line naming it and --merged, in transformers' pipeline and in tatk."""
+    from tatk.errors import UserError
+    from tatk.export import load_pipeline
+
+    ckpt, base = _relocated_checkpoint(asr_run, tmp_path)
+    out = tmp_path / "refs"
+    run_tatk("export", ckpt, out, "--no-merged")
+    config = json.loads((out / "config.json").read_text())
+    assert not config["merged"] and config["llm"] == str(base["llm"].resolve())
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("encoder.") for k in load_file(str(out / "model.safetensors")))
+    other = tmp_path / "other-cwd"
+    other.mkdir()
+    jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}
+    assert [r["text"] for r in run_pipeline(out, jobs, tmp_path / "run", cwd=other)["paths"]] == reference
+
+    shutil.rmtree(base["llm"])
+    (tmp_path / "load.py").write_text("import sys\nfrom transformers import pipeline\n"
+                                      "pipeline('automatic-speech-recognition', model=sys.argv[1], trust_remote_code=True)\n")
+    proc = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(out)], capture_output=True, text=True, cwd=other,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "MissingBaseModel" in last and str(base["llm"].resolve()) in last and "--merged" in last, proc.stderr[-2000:]
+    with pytest.raises(UserError, match="--merged") as e:
+        load_pipeline(str(out))
+    assert "\n" not in str(e.value) and str(base["llm"].resolve()) in str(e.value)
 
 
 def test_lora_export_equals_peft(asr_run, tmp_path):
@@ -263,7 +310,7 @@ def test_lora_export_equals_peft(asr_run, tmp_path):
             "lora.alpha": 16, "lora.dropout": 0.0, "train.steps": 3, "train.save_every": 3, "optim.llm_lr": 0.05}
     run_tatk("train", asr_run["checkpoint"] / "recipe.toml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
     ckpt = tmp_path / "runs" / "lora"
-    export(ckpt, tmp_path / "export")  # in-process: the CLI path is covered above
+    export(ckpt, tmp_path / "export", merged=False)  # in-process; references, so the adapters are merged at load
 
     rec, peft_model = load_trained(ckpt)
     assert rec.model.decoder == "lora" and rec.lora.r == 4
@@ -332,3 +379,30 @@ def test_push_offline_fails_with_one_line(exported):
     proc = run_tatk("push", exported, "someone/tiny-asr", check=False, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_x"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error:") and "hf_secret_x" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["mosa", "moe", "qformer"])
+def test_other_projector_kinds_export_and_transcribe_as_tatk(asr_run, clips, f32_features, tmp_path, kind):
+    """A run with each newer projector kind (its options from the recipe's default table) exports, and the
+    pipeline, one clip at a time and batched, transcribes exactly as tatk's own model on stored features."""
+    from train_fixtures import asr_recipe
+
+    from tatk.train.checkpoint import load_trained
+    from tatk.train.projector_config import model_options
+
+    text = asr_recipe(tmp_path / "runs" / kind, asr_run["encoder"], asr_run["llm"], asr_run["shards"], steps=3)
+    (tmp_path / "r.toml").write_text(text.replace("[projector]\n", f'[projector]\nkind = "{kind}"\n'))
+    run_tatk("train", tmp_path / "r.toml")
+    ckpt, out = tmp_path / "runs" / kind / "checkpoints" / "step-000003", tmp_path / "export"
+    run_tatk("export", ckpt, out)
+    recipe, model = load_trained(ckpt)
+    config = json.loads((out / "config.json").read_text())
+    assert config["projector_kind"] == kind and config["projector_options"] == model_options(recipe.projector) != {}
+    for f in ("mixtures.py", "qformer.py"):
+        assert (out / f).is_file()
+    want = [_generate(model, [f32_features[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
+    assert any(want), "every reference transcript is empty: the check would be vacuous"
+    paths = [{"path": str(f)} for f in clips["files"]]
+    results = run_pipeline(out, {"one": {"inputs": paths}, "batched": {"inputs": paths, "batch_size": 4}}, tmp_path / "run")
+    assert [r["text"] for r in results["one"]] == want
+    assert [r["text"] for r in results["batched"]] == want

@@ -22,6 +22,15 @@ def _word_timestamps(cfg) -> str:
     return f'asr("speech.wav", return_timestamps="word")["chunks"]  # words, (start, end) s: forced alignment with {where}'
 
 
+def _word_timestamps_support(cfg) -> str:
+    """The card's list item on word timestamps."""
+    if not getattr(cfg, "aligner", ""):
+        return ('Word timestamps: `return_timestamps="word"` with a CTC model given per call (`aligner=`); this export '
+                "has none of its own (`tatk export --aligner`).")
+    where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
+    return f'Word timestamps: `return_timestamps="word"`, by CTC forced alignment of the transcript with {where}.'
+
+
 def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
     """README.md with Hub metadata (YAML; values are JSON-quoted, which YAML reads as-is)."""
     q = json.dumps
@@ -68,7 +77,18 @@ asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g
 ```
 
 Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
-Decoding is greedy, at most {cfg.max_new_tokens} new tokens per chunk (`max_new_tokens=` to change).
+
+## What it supports
+
+- Decoding: greedy by default, at most {cfg.max_new_tokens} new tokens per chunk; `max_new_tokens=`,
+  beam search with `num_beams=` and `length_penalty=`, `repetition_penalty=`, `no_repeat_ngram_size=`
+  (as keywords or in `generate_kwargs`); no sampling.
+- Streaming text: `streamer=TextIteratorStreamer(asr.tokenizer, skip_prompt=True, skip_special_tokens=True)`
+  (greedy, one clip at a time); long audio streams all its chunks.
+- Inputs: file paths, encoded bytes, arrays at any sampling rate, lists with `batch_size`; audio longer than
+  {cfg.chunk_seconds:g} s is cut at pauses (`return_timestamps=True` gives the chunks' times).
+- {"Self-contained: every weight is in this repository." if cfg.merged else "Loads its base encoder and LLM from their own repositories."}
+- {_word_timestamps_support(cfg)}
 """
     if summary:
         body += f"""

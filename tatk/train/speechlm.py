@@ -21,6 +21,7 @@ from torch import nn
 from tatk.errors import UserError
 from tatk.model.projectors import build_projector
 from tatk.model.speech import IGNORE, FeatureNorm, PromptLayout, SpeechDecoding
+from tatk.train.projector_config import model_options
 
 __all__ = ["AUDIO_TOKEN", "IGNORE", "FeatureNorm", "PromptLayout", "SpeechLM", "build_layout", "build_model", "render_prompt"]
 
@@ -120,9 +121,10 @@ class SpeechLM(SpeechDecoding, nn.Module):
             logits = head(hidden[:, :-1])[at]
         return F.cross_entropy(logits.float(), targets[at], reduction=reduction)
 
-    def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy transcripts of a batch of features (B, T, D) with lengths (B,) (see SpeechDecoding.generate_ids)."""
-        out = self.generate_ids(feats, feat_lens, max_new_tokens)
+    def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int, **options) -> list[str]:
+        """Transcripts of a batch of features (B, T, D) with lengths (B,): greedy, or beam search with
+        ``num_beams=N`` and the other ``options`` of SpeechDecoding.generate_ids."""
+        out = self.generate_ids(feats, feat_lens, max_new_tokens, **options)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
@@ -149,7 +151,8 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
     norm = FeatureNorm(feats.normalize, feats.dim, *((stats["mean"], stats["std"]) if stats else ()))
     torch.manual_seed(recipe.run.seed)  # same projector and adapter init on every rank and every run
     p = recipe.projector
-    projector = build_projector(p.kind, feats.dim, llm.get_input_embeddings().embedding_dim, p.hidden, p.stack)
+    projector = build_projector(p.kind, feats.dim, llm.get_input_embeddings().embedding_dim, p.hidden, p.stack,
+                                model_options(p))
     projector.requires_grad_(p.train)
     if recipe.model.decoder == "lora":
         from peft import LoraConfig, get_peft_model
