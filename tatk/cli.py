@@ -187,12 +187,13 @@ def export(
     merged: Annotated[Optional[bool], typer.Option("--merged/--no-merged", help="Store every weight (encoder, LLM with LoRA merged): works without the base models. Default: merged when a base model is a local folder, references for Hub ids; --no-merged keeps references (absolute paths) to local folders too.", show_default=False)] = None,
     eval_summary: Annotated[Optional[Path], typer.Option("--eval", help="summary.json from `tatk eval`: its results go in the model card.")] = None,
     license: Annotated[str, typer.Option(help="License id for the model card's metadata.")] = "apache-2.0",
+    aligner: Annotated[Optional[str], typer.Option(help="CTC model (Hub id or folder, e.g. facebook/wav2vec2-base-960h) for word timestamps; a folder is copied in.")] = None,
 ) -> None:
     """Write a Hub-ready model folder: pipeline("automatic-speech-recognition", model=OUT_DIR, trust_remote_code=True)."""
     from tatk.export import export as run_export
 
     try:
-        out = run_export(checkpoint, out_dir, merged=merged, eval_summary=eval_summary, license=license)
+        out = run_export(checkpoint, out_dir, merged=merged, eval_summary=eval_summary, license=license, aligner=aligner)
     except UserError as e:
         _fail(str(e))
     print(f"exported: {out}")

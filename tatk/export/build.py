@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from tatk.errors import UserError, first_line
+from tatk.export.aligner import bundle_aligner, check_aligner, config_fields
 from tatk.export.card import is_hub_id, model_card
 
 HUB_DIR = Path(__file__).parents[1] / "model"
 CODE_FILES = ("configuration_tatk.py", "modeling_tatk.py", "pipeline_tatk.py", "encoder.py", "projectors.py", "mixtures.py",
-              "qformer.py", "speech.py")
+              "qformer.py", "speech.py", "align.py")
 AUTO_MAP = {"AutoConfig": "configuration_tatk.TatkAsrConfig", "AutoModel": "modeling_tatk.TatkAsrModel"}
 CUSTOM_PIPELINES = {"automatic-speech-recognition": {"impl": "pipeline_tatk.TatkAsrPipeline", "pt": ["AutoModel"], "type": "audio"}}
 REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", *CODE_FILES)
@@ -133,12 +134,13 @@ def _local_folder(name: str) -> str | None:
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = None, eval_summary: str | Path | None = None,
-           license: str = "apache-2.0") -> Path:
+           license: str = "apache-2.0", aligner: str | None = None) -> Path:
     """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder.
 
     ``merged=None`` (the default) stores every weight when a base model is a local folder, since a folder does not
     travel with the export (another machine, another working directory); Hub-id bases stay references.
     ``merged=False`` keeps references even to folders, recorded as absolute paths.
+    ``aligner``: a CTC model's Hub id or folder for word timestamps (a folder is copied into the export).
     """
     from safetensors.torch import save_file
     from transformers import AutoConfig, WhisperFeatureExtractor
@@ -151,6 +153,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
 
     out = Path(out_dir)
     summary = _read_summary(eval_summary)
+    aligner_choice = check_aligner(aligner) if aligner else None
     read_weights(resolve(checkpoint))  # a missing or corrupt checkpoint fails here, in one line, before any loading
     recipe, model = load_trained(checkpoint)
     weights, scale, enc_scale = _trained_weights(recipe, model)
@@ -178,6 +181,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
         lora_scale=scale, encoder_lora_scale=enc_scale, prompt_prefix=lay.prefix, prompt_suffix=lay.suffix, audio_token_id=lay.audio_id,
         end_token_id=lay.end_id, pad_token_id=lay.pad_id, max_new_tokens=recipe.eval.max_new_tokens, merged=merged,
         auto_map=AUTO_MAP, custom_pipelines=CUSTOM_PIPELINES, architectures=["TatkAsrModel"],
+        **config_fields(aligner_choice),
     )
     tmp = _prepare_out(out)
     try:
@@ -197,6 +201,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
             shutil.copyfile(HUB_DIR / f, tmp / f)
         extractor.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
+        if aligner_choice:
+            bundle_aligner(aligner_choice, tmp)
         card_name = out.name if not is_hub_id(str(out)) else str(out)
         (tmp / "README.md").write_text(model_card(cfg, recipe, _datasets(recipe), license, summary, card_name))
         if out.exists():

@@ -26,7 +26,7 @@ def check_export(folder: str | Path) -> list[tuple[str, int]]:
         raise UserError(f"{folder / 'config.json'}: not valid JSON ({first_line(e)})") from None
     if config.get("auto_map", {}).get("AutoModel") != AUTO_MAP["AutoModel"] or "custom_pipelines" not in config:
         raise UserError(f"{folder / 'config.json'}: no tatk auto_map / custom_pipelines (not written by tatk export)")
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(folder.rglob("*.safetensors")):  # the aligner/ subfolder's too
         try:
             with safe_open(str(f), "pt"):  # checks the header against the file's size
                 pass

@@ -43,6 +43,9 @@ class TatkAsrConfig(PretrainedConfig):
         merged: bool = False,
         encoder_config: dict | None = None,  # merged: the encoder network's config (to_dict())
         llm_config: dict | None = None,  # merged: the LLM's config (to_dict())
+        aligner: str = "",  # CTC model for word timestamps (Hub id, or the folder it was copied from); "": none
+        aligner_revision: str = "",
+        aligner_subfolder: str = "",  # set when the aligner was copied into the export (a local folder's)
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -57,3 +60,4 @@ class TatkAsrConfig(PretrainedConfig):
         self.audio_token_id, self.end_token_id, self.pad_token_id = audio_token_id, end_token_id, pad_token_id
         self.max_new_tokens, self.chunk_seconds = max_new_tokens, chunk_seconds
         self.merged, self.encoder_config, self.llm_config = merged, encoder_config, llm_config
+        self.aligner, self.aligner_revision, self.aligner_subfolder = aligner, aligner_revision, aligner_subfolder

@@ -125,8 +125,10 @@ class TatkAsrPipeline(ChunkPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.frontend = self.model.audio_encoder(self.feature_extractor)
+        self.aligners = {}  # CTC aligners for return_timestamps="word", loaded on first use, by name
 
-    def _sanitize_parameters(self, chunk_length_s=None, return_timestamps=None, generate_kwargs=None, **kwargs):
+    def _sanitize_parameters(self, chunk_length_s=None, return_timestamps=None, generate_kwargs=None, aligner=None,
+                             **kwargs):
         # keywords win over generate_kwargs; an unknown option is refused by name (decoding_options), not ignored
         options = decoding_options({**dict(generate_kwargs or {}), **kwargs})
         longest = self.model.config.chunk_seconds
@@ -135,14 +137,17 @@ class TatkAsrPipeline(ChunkPipeline):
         pre = {"chunk_length_s": chunk_length_s} if chunk_length_s else {}
         fwd = {"options": options} if options else {}
         post = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
-        return pre, fwd, post
+        from .align import word_options  # word timestamps (return_timestamps="word", aligner=): align.py
 
-    def preprocess(self, inputs, chunk_length_s=None):
+        word_pre, word_post = word_options(self.model.config, return_timestamps, aligner)
+        return {**pre, **word_pre}, fwd, {**post, **word_post}
+
+    def preprocess(self, inputs, chunk_length_s=None, keep_wave=False):
         wave = load_audio(inputs)
         bounds = chunk_bounds(wave, chunk_length_s or self.model.config.chunk_seconds)
         for i, (start, end) in enumerate(bounds):
             yield {"prepared": self.frontend.prepare(wave[start:end]), "span": (start / SAMPLE_RATE, end / SAMPLE_RATE),
-                   "is_last": i == len(bounds) - 1}
+                   "is_last": i == len(bounds) - 1, **({"wave": wave[start:end]} if keep_wave else {})}
 
     def _forward(self, model_inputs, options=None):
         batched = isinstance(model_inputs["is_last"], list)  # a collated batch holds lists; batch_size=1 does not
@@ -152,10 +157,34 @@ class TatkAsrPipeline(ChunkPipeline):
             options["streamer"] = ChunkStreamer(options["streamer"])
         ids = self.model.transcribe(self.frontend.encode(prepared), **options)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        return {"is_last": model_inputs["is_last"], "text": texts if batched else texts[0], "span": model_inputs["span"]}
+        return {"is_last": model_inputs["is_last"], "text": texts if batched else texts[0], "span": model_inputs["span"],
+                **({"wave": model_inputs["wave"]} if "wave" in model_inputs else {})}  # kept for word timestamps
 
-    def postprocess(self, model_outputs, return_timestamps=False):
+    def aligner(self, name: str | None = None):
+        """The CTC aligner for word timestamps: ``name`` (a Hub id or folder given with ``aligner=``), else the
+        export's (``tatk export --aligner``): a folder copied inside the export, or a Hub id."""
+        from .align import CtcAligner
+
+        cfg = self.model.config
+        key = name or f"{cfg.aligner}@{cfg.aligner_subfolder}"
+        if key not in self.aligners:
+            if name:
+                found = CtcAligner.load(name, device=self.model.device)
+            elif cfg.aligner_subfolder:  # inside the export, wherever it was loaded from (the tokenizer is the export's)
+                export = self.model.name_or_path or self.tokenizer.name_or_path
+                found = CtcAligner.load(export, subfolder=cfg.aligner_subfolder, device=self.model.device)
+            else:
+                revision = cfg.aligner_revision if len(cfg.aligner_revision) == 40 else None  # a Hub commit
+                found = CtcAligner.load(cfg.aligner, revision=revision, device=self.model.device)
+            self.aligners[key] = found
+        return self.aligners[key]
+
+    def postprocess(self, model_outputs, return_timestamps=False, aligner=None):
         out = {"text": " ".join(o["text"] for o in model_outputs if o["text"])}
-        if return_timestamps:
+        if return_timestamps == "word":  # each chunk aligned on its own, its word times offset by its start
+            ctc = self.aligner(aligner)
+            out["chunks"] = [w for o in model_outputs
+                             for w in ctc.words(np.ravel(o["wave"]), o["text"], offset=float(o["span"][0]))]
+        elif return_timestamps:
             out["chunks"] = [{"text": o["text"], "timestamp": tuple(o["span"])} for o in model_outputs]
         return out

@@ -68,12 +68,26 @@ _RATE, _PITCH = 1, 3  # espeak_PARAMETER values
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _lib: ctypes.CDLL | None = None
 _chunks: list[bytes] = []
+_words: list[tuple[int, int]] = []  # (character position in the text, 1-based; audio position in ms)
+_EVENT_END_OF_LIST, _EVENT_WORD = 0, 1
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_void_p)]
 
 
 @_CALLBACK
-def _collect(wav, n, _events):  # called by espeak_Synth with each block of int16 samples
+def _collect(wav, n, events):  # called by espeak_Synth with each block of int16 samples and its events
     if wav and n > 0:
         _chunks.append(ctypes.string_at(wav, 2 * n))
+    event = ctypes.cast(events, ctypes.POINTER(_Event))
+    for i in itertools.count():
+        if not events or event[i].type == _EVENT_END_OF_LIST:
+            break
+        if event[i].type == _EVENT_WORD:
+            _words.append((event[i].text_position, event[i].audio_position))
     return 0  # 0 = keep going
 
 
@@ -110,11 +124,24 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 170, pitch: int = 50
     lib.espeak_SetParameter(_PITCH, pitch, 0)
     lib.espeak_ng_SetRandSeed(0)  # so espeak's rand() sequence does not depend on earlier calls
     _chunks.clear()
+    _words.clear()
     data = text.encode() + b"\0"
     if lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != 0:
         raise RuntimeError(f"espeak-ng failed to speak {text!r}")
     samples = np.frombuffer(b"".join(_chunks), dtype=np.int16)
     return samples.astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+def word_starts(text: str) -> list[float | None]:
+    """Where each word of ``text`` (split on spaces) started, in seconds, in the last ``synthesize(text, ...)``
+    of this process: espeak-ng's word events, which mark the audio position where it begins speaking a word.
+    None for a word without an event (espeak-ng joins some unstressed words, "A", "WERE", to a neighbour)."""
+    starts, position = [], 1  # espeak-ng counts characters from 1
+    at = dict(_words)
+    for word in text.split(" "):
+        starts.append(at[position] / 1000 if position in at else None)
+        position += len(word) + 1
+    return [s for s, w in zip(starts, text.split(" ")) if w]
 
 
 # Corpus
