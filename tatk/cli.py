@@ -29,7 +29,7 @@ def _fail(message: str) -> None:
 
 @app.command()
 def shard(
-    out: Annotated[Path, typer.Option(help="Output folder for the tars and manifest.json.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for the tars and manifest.json.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id (or a local dataset folder), streamed.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Dataset config name, e.g. 'medium' for LoquaciousSet.")] = None,
     local: Annotated[Optional[Path], typer.Option(help="Local corpus: folder with metadata.csv / *.jsonl (file,text) or LoquaciousSet parquet files.")] = None,
@@ -46,15 +46,33 @@ def shard(
     dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
     store: Annotated[str, typer.Option(help="What the shards hold: 'features' (the encoder's output; training never runs it) or 'audio' (16 kHz FLAC; training runs the encoder, so it can adapt it with LoRA).")] = "features",
     max_samples: Annotated[Optional[int], typer.Option(help="Stop after this many input rows (for trials).")] = None,
-    workers: Annotated[int, typer.Option(help="Background processes decoding and resampling audio.")] = 1,
+    workers: Annotated[int, typer.Option(help="Background processes reading units and decoding audio (each reads whole units).")] = 1,
+    max_skip_fraction: Annotated[float, typer.Option(help="Stop when one skip reason covers more than this share of the first 1,000 rows or of any unit.")] = 0.5,
+    verify: Annotated[Optional[Path], typer.Option(help="Check a shard folder instead: every unit done, every row counted, every tar readable and matching its sha256.")] = None,
+    window: Annotated[Optional[str], typer.Option(help="GLM-ASR only: '30s' pads every clip to 30 s (the default, as GLM-ASR's processor does) or 'fit' pads each clip to its next whole second (several times less encoder work on short clips). Whisper is always 30s; waveform encoders always fit.")] = None,
 ) -> None:
     """Run a frozen audio encoder over a corpus once and write WebDataset shards of its features.
 
-    Re-running the same command resumes: finished shards are verified and kept, the rest are redone.
-    Under ``accelerate launch`` each process takes every N-th utterance and writes its own shards.
+    The corpus is listed as units (source files, or 1,000-row blocks of a listing) that processes and
+    workers claim one at a time. Re-running the same command, at any process or worker count, keeps
+    finished units and redoes the rest. ``tatk shard --verify OUT`` checks a folder's completeness.
     """
     from tatk.data.corpus import CorpusSpec
     from tatk.shard.run import ShardConfig, run_shard
+
+    if verify is not None:
+        from rich.console import Console
+
+        from tatk.shard.progress import print_verified
+        from tatk.shard.verify import verify as verify_folder
+
+        try:
+            print_verified(Console(stderr=True), verify, verify_folder(verify))
+        except UserError as e:
+            _fail(str(e))
+        return
+    if out is None:
+        _fail("give --out FOLDER (or --verify FOLDER to check one)")
 
     corpus = CorpusSpec(
         dataset=dataset, subset=subset, local=local, split=split, audio_column=audio_column, text_column=text_column,
@@ -63,7 +81,7 @@ def shard(
     cfg = ShardConfig(
         out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
         shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers,
-        command=" ".join(["tatk", *sys.argv[1:]]),
+        max_skip_fraction=max_skip_fraction, window=window, command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:
         run_shard(cfg)

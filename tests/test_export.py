@@ -87,9 +87,9 @@ def trained(asr_run):
 
 
 @pytest.fixture(scope="module")
-def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
-    """Transcripts of the test clips by an independent path: `tatk shard --dtype float32` (stored features equal
-    the live encoder's) read back from the tars, then tatk's own SpeechLM.generate."""
+def f32_features(asr_run, clips, tmp_path_factory) -> dict[str, np.ndarray]:
+    """{clip id: features} of the test clips by `tatk shard --dtype float32` (stored features equal the live
+    encoder's), read back from the tars."""
     import webdataset as wds
 
     from tatk.shard.format import shard_paths
@@ -101,8 +101,14 @@ def reference(asr_run, clips, trained, tmp_path_factory) -> list[str]:
     for sample in wds.WebDataset(shard_paths(out, "test"), shardshuffle=False, empty_check=False):
         feats[json.loads(sample["json"])["id"]] = np.load(io.BytesIO(sample["feats.npy"]))
     assert sorted(feats) == sorted(clips["ids"])
+    return feats
+
+
+@pytest.fixture(scope="module")
+def reference(clips, trained, f32_features) -> list[str]:
+    """Transcripts of the test clips by an independent path: float32 stored features, then tatk's own SpeechLM.generate."""
     recipe, model = trained
-    return [_generate(model, [feats[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
+    return [_generate(model, [f32_features[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
 
 
 def _generate(model, feats: list[np.ndarray], max_new: int) -> list[str]:
@@ -373,3 +379,30 @@ def test_push_offline_fails_with_one_line(exported):
     proc = run_tatk("push", exported, "someone/tiny-asr", check=False, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_x"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error:") and "hf_secret_x" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["mosa", "moe", "qformer"])
+def test_other_projector_kinds_export_and_transcribe_as_tatk(asr_run, clips, f32_features, tmp_path, kind):
+    """A run with each newer projector kind (its options from the recipe's default table) exports, and the
+    pipeline, one clip at a time and batched, transcribes exactly as tatk's own model on stored features."""
+    from train_fixtures import asr_recipe
+
+    from tatk.train.checkpoint import load_trained
+    from tatk.train.projector_config import model_options
+
+    text = asr_recipe(tmp_path / "runs" / kind, asr_run["encoder"], asr_run["llm"], asr_run["shards"], steps=3)
+    (tmp_path / "r.toml").write_text(text.replace("[projector]\n", f'[projector]\nkind = "{kind}"\n'))
+    run_tatk("train", tmp_path / "r.toml")
+    ckpt, out = tmp_path / "runs" / kind / "checkpoints" / "step-000003", tmp_path / "export"
+    run_tatk("export", ckpt, out)
+    recipe, model = load_trained(ckpt)
+    config = json.loads((out / "config.json").read_text())
+    assert config["projector_kind"] == kind and config["projector_options"] == model_options(recipe.projector) != {}
+    for f in ("mixtures.py", "qformer.py"):
+        assert (out / f).is_file()
+    want = [_generate(model, [f32_features[i]], recipe.eval.max_new_tokens)[0] for i in clips["ids"]]
+    assert any(want), "every reference transcript is empty: the check would be vacuous"
+    paths = [{"path": str(f)} for f in clips["files"]]
+    results = run_pipeline(out, {"one": {"inputs": paths}, "batched": {"inputs": paths, "batch_size": 4}}, tmp_path / "run")
+    assert [r["text"] for r in results["one"]] == want
+    assert [r["text"] for r in results["batched"]] == want

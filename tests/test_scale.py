@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ COMMON = {"train": {"steps": STEPS, "grad_accum": 2, "log_every": 1, "save_every
 # clipping norm or missed LR schedule moves them by > 1e-3. grad_clip 0.05 is below every step's norm, so
 # every step is clipped (by DeepSpeed's engine on its path, by Accelerate on DDP's).
 TOL = 1e-5
+KINDS = {"moe": {"experts": 4, "top_k": 2, "expert_hidden": 32, "balance_weight": 0.05, "z_weight": 0.01},
+         "qformer": {"window": 4, "queries": 2, "layers": 1, "heads": 4}}  # small tables of the newer projectors
 BACKENDS = {"ddp": ["--multi_gpu"], "zero2": ["--config_file", "accelerate/zero2.yaml"],
             "zero3": ["--config_file", "accelerate/zero3.yaml"]}
 
@@ -45,17 +48,29 @@ def accelerate_launch(backend: str, recipe: Path, port: int, *args: str) -> subp
     return done
 
 
+def free_ports():
+    """Ports free when asked: fixed numbers collide (and hang both) when two test runs share a machine."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            yield sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     """launch(stage, backend) → run folder, each distinct run trained once for the whole module."""
     root = tmp_path_factory.mktemp("scale")
     base = prepare_tiny(root)
     done: dict[tuple[int, str], Path] = {}
-    port = iter(range(29640, 29700))
+    port = free_ports()
 
-    def run(stage: int, backend: str) -> Path:
+    def run(stage: int | str, backend: str) -> Path:
+        """stage 1 / 2, or a projector kind ("moe", "qformer"): stage 1 with that projector."""
         if (stage, backend) not in done:
             sections = {k: dict(v) for k, v in COMMON.items()}
+            if stage in KINDS:
+                sections["projector"] = {"kind": stage, "stack": 2, "hidden": 64}
+                sections[f"projector.{stage}"] = KINDS[stage]
             if stage == 2:
                 stage1 = run(1, "ddp") / "checkpoints" / f"step-{STEPS:06d}"
                 sections["model"] = {"decoder": "lora", "init_from": str(stage1)}
@@ -97,6 +112,26 @@ def test_ddp_zero2_zero3_give_the_same_run(launch, stage):
         assert all("lora_" in k for k in weights if k.startswith("llm."))
     for backend in ("zero2", "zero3"):
         assert_same_run(ddp, launch(stage, backend))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_moe_and_qformer_give_the_same_run_under_ddp_zero2_zero3(launch, kind):
+    """The routed MoE (auxiliary losses in the gradient) and the Q-Former (attention, learned queries) train
+    identically under each backend; the MoE's auxiliary losses and expert utilisation agree too."""
+    ddp = launch(kind, "ddp")
+    m = metrics(ddp)
+    assert len({m[s]["loss"] for s in range(1, STEPS + 1)}) == STEPS
+    extra = [f"aux_{k}" for k in ("balance", "z")] if kind == "moe" else []
+    util = [k for k in m[STEPS] if k.startswith("util_expert")]
+    assert len(util) == (4 if kind == "moe" else 0)
+    for backend in ("zero2", "zero3"):
+        other = launch(kind, backend)
+        assert_same_run(ddp, other)
+        mo = metrics(other)
+        for k in extra:
+            assert all(abs(m[s][k] - mo[s][k]) < TOL for s in range(1, STEPS + 1)), k
+        assert all(abs(m[STEPS][k] - mo[STEPS][k]) < TOL for k in util)
 
 
 @pytest.mark.slow
@@ -147,7 +182,7 @@ def test_stage2_starts_from_the_stage1_projector(tmp_path):
     exactly (a fresh projector would differ: stage 1 moved it away from the seeded init), while its LoRA trains."""
     base = prepare_tiny(tmp_path)
     short = {"train": {"steps": 2, "log_every": 1, "save_every": 2, "eval_every": 0}, "data": {"workers": 0},
-             "eval": {"max_batches": 1, "wer_samples": 1, "max_new_tokens": 2}}
+             "eval": {"max_samples": 8, "wer_samples": 1, "max_new_tokens": 2}}
     (tmp_path / "s1.toml").write_text(tiny_recipe(base, tmp_path / "runs" / "s1", **short))
     train = [sys.executable, "tatk", "train"]
     done = subprocess.run([*train, str(tmp_path / "s1.toml")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -173,7 +208,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
         (tmp_path / f"{name}.toml").write_text(tiny_recipe(
             base, tmp_path / "runs" / name, model={"decoder": "full"}, data={"workers": 0},
             train={"steps": 3, "log_every": 1, "save_every": 3, "eval_every": 0, "gradient_checkpointing": flag},
-            eval={"max_batches": 1, "wer_samples": 1, "max_new_tokens": 2}))
+            eval={"max_samples": 8, "wer_samples": 1, "max_new_tokens": 2}))
         done = subprocess.run([sys.executable, "tatk", "train", str(tmp_path / f"{name}.toml")], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

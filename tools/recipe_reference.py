@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "tatk" / "train" / "recipe.py"
+EXTRA = [REPO / "tatk" / "train" / "projector_config.py"]  # sub-table classes kept beside recipe.py
 OUT = REPO / "docs" / "recipes.md"
 
 INTRO = """# Recipe reference
@@ -32,8 +33,11 @@ This page is generated from the code by `python tools/recipe_reference.py`; do n
 """
 
 
-def _classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
-    return {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+def _classes(path: Path) -> dict[str, tuple[ast.ClassDef, list[str]]]:
+    """{class name: (its AST, its file's lines)}: a field's ``#:`` doc is read from its own file."""
+    text = path.read_text()
+    lines = text.splitlines()
+    return {n.name: (n, lines) for n in ast.parse(text).body if isinstance(n, ast.ClassDef)}
 
 
 def _toml(source: str) -> str:
@@ -75,12 +79,13 @@ def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
 
 
 def render() -> str:
-    text = SOURCE.read_text()
-    lines, classes = text.splitlines(), _classes(ast.parse(text))
+    classes = {}
+    for path in [*EXTRA, SOURCE]:
+        classes.update(_classes(path))
     parts = [INTRO]
-    for section, type_, _, _ in _fields(classes["Recipe"], lines):
-        cls = classes[type_]
-        rows = _fields(cls, lines)
+    for section, type_, _, _ in _fields(*classes["Recipe"]):
+        cls = classes[type_][0]
+        rows = _fields(*classes[type_])
         nested = [(n, t) for n, t, _, _ in rows if t.removeprefix("list[").rstrip("]").split(" |")[0] in classes]
         plain = [r for r in rows if r[0] not in {n for n, _ in nested}]
         doc = ast.get_docstring(cls)
@@ -90,7 +95,9 @@ def render() -> str:
             inner = t.removeprefix("list[").rstrip("]").split(" |")[0]
             header = f"[[{section}.{name}]]" if t.startswith("list[") else f"[{section}.{name}]"
             meaning = next(doc for n, _, _, doc in rows if n == name)
-            parts.append(f"### `{header}`\n\n{meaning}\n\n" + "\n".join(_table(_fields(classes[inner], lines))) + "\n")
+            inner_doc = ast.get_docstring(classes[inner][0])
+            meaning = f"{meaning.rstrip('.')}. {inner_doc}" if inner_doc else meaning
+            parts.append(f"### `{header}`\n\n{meaning}\n\n" + "\n".join(_table(_fields(*classes[inner]))) + "\n")
     return "\n".join(parts)
 
 

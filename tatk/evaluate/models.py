@@ -48,9 +48,9 @@ def model_kind(name: str) -> str:
     """``checkpoint`` (a tatk checkpoint or run folder), ``tatk`` (a tatk export, or anything ``load_pipeline``
     must judge) or ``transformers`` (a folder or Hub id whose config is another model type)."""
     path = Path(name)
+    if name.endswith(":best") or (path.is_dir() and (path / "recipe.toml").is_file()):  # RUN:best: train.keep_best
+        return "checkpoint"
     if path.is_dir():
-        if (path / "recipe.toml").is_file():
-            return "checkpoint"
         config = path / "config.json"
         text = config.read_text(errors="replace") if config.is_file() else ""
     else:
@@ -84,12 +84,13 @@ class Evaluated:
 
     def open_shards(self, folder: Path, split: str, limit: int | None) -> Callable[[], Runner]:
         """Shard mode: check the folder, split and encoder against the checkpoint's recipe; nothing loaded yet."""
+        from tatk.shard.encoders import manifest_window
         from tatk.shard.format import read_manifest, read_split
         from tatk.train.recipe import load_recipe
 
         path = Path(self.name)
-        hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", self.name) and not self.name.startswith((".", "~"))
-        if hub_id or (path.is_dir() and not (path / "recipe.toml").is_file()):
+        hub_id = not path.exists() and not self.name.endswith(":best") and re.fullmatch(r"[\w.-]+/[\w.-]+", self.name) and not self.name.startswith((".", "~"))
+        if hub_id or self.kind != "checkpoint":
             raise UserError(f"{self.name}: shard mode (--data) needs a tatk checkpoint or run folder "
                             "(export folders, baselines and Hub ids: evaluate on audio with --dataset or --local)")
         ckpt = self._checkpoint()
@@ -102,11 +103,15 @@ class Evaluated:
         if enc["id"] != recipe.features.encoder or enc["dim"] != recipe.features.dim:
             raise UserError(f"--data {folder}: features of {enc['id']!r} ({enc['dim']}-dim), but {ckpt} was trained on "
                             f"{recipe.features.encoder!r} ({recipe.features.dim}-dim)")
+        if recipe.features.window and manifest_window(enc) != recipe.features.window:
+            raise UserError(f"--data {folder}: made with {manifest_window(enc)!r} encoder windows, but {ckpt} was "
+                            f"trained on {recipe.features.window!r} windows")
         return lambda: self._shard_runner(ckpt, Path(folder), split, limit)
 
     def _shard_runner(self, ckpt: Path, folder: Path, split: str, limit: int | None) -> Runner:
         import torch
 
+        from tatk.shard.format import read_split
         from tatk.train.checkpoint import load_trained
 
         if self._trained is None:
@@ -125,7 +130,7 @@ class Evaluated:
 
         skipped: dict[str, int] = {}
         facts = {"model": str(ckpt), "model_kind": "tatk", "step": checkpoint_step(ckpt), "max_new_tokens": max_new,
-                 "num_beams": self.num_beams}
+                 "num_beams": self.num_beams, "rows": min(read_split(folder, split)["samples"], limit or float("inf"))}
         return run_batch, facts, shard_items(folder, split, limit, skipped, model.projector.output_length), skipped
 
     def open_audio(self, spec, limit: int | None) -> Callable[[], Runner]:
@@ -156,7 +161,7 @@ class Evaluated:
 
         skipped: dict[str, int] = {}
         facts = {"model": str(ckpt or self.name), "model_kind": "tatk", "step": checkpoint_step(ckpt) if ckpt else None,
-                 "max_new_tokens": max_new, "num_beams": self.num_beams}
+                 "max_new_tokens": max_new, "num_beams": self.num_beams, "rows": corpus.count(limit)}
         return run_batch, facts, audio_items(corpus, limit, skipped), skipped
 
     def _baseline_runner(self, corpus, limit: int | None) -> Runner:
@@ -183,5 +188,6 @@ class Evaluated:
 
         skipped: dict[str, int] = {}
         facts = {"model": self.name, "model_kind": "transformers", "model_type": pipe.model.config.model_type,
-                 "step": None, "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+                 "step": None, "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                 "rows": corpus.count(limit)}
         return run_batch, facts, audio_items(corpus, limit, skipped), skipped

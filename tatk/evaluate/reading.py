@@ -51,7 +51,10 @@ def audio_items(corpus, limit: int | None, skipped: dict[str, int]) -> Iterator[
     """Corpus rows decoded to 16 kHz mono; unusable rows are counted in ``skipped`` by reason."""
     from tatk.data.audio import SAMPLE_RATE, BadAudio, decode
 
-    for row in corpus.rows(limit=limit):
+    for index, row in enumerate(corpus.rows(limit=limit)):
+        if row.bad:
+            skipped["bad_row"] = skipped.get("bad_row", 0) + 1
+            continue
         if not row.text:
             skipped["empty_text"] = skipped.get("empty_text", 0) + 1
             continue
@@ -60,7 +63,7 @@ def audio_items(corpus, limit: int | None, skipped: dict[str, int]) -> Iterator[
         except BadAudio as e:
             skipped[e.reason] = skipped.get(e.reason, 0) + 1
             continue
-        yield Item(row.index, row.id, row.text, len(wave) / SAMPLE_RATE, wave)
+        yield Item(index, row.id, row.text, len(wave) / SAMPLE_RATE, wave)
 
 
 def transcribe(items: Iterator[Item], run_batch: Callable[[list[Item]], list[str]], batch_size: int,

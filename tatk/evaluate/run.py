@@ -158,11 +158,15 @@ def run_eval(opt: EvalOptions) -> dict:
 def _evaluate(opt, mode, source, name, run_batch, facts, items, skipped, device, out: Path) -> dict:
     """One test set: transcribe with a progress bar, score, write the two files atomically; returns the summary."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(f"[bold]{name}[/] " + "{task.completed:,.0f} utt"), BarColumn(bar_width=None),
-                  TextColumn("{task.fields[audio]:.0f} s audio"), TimeElapsedColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task("eval", total=None, audio=0.0)
+    total = facts.pop("rows", None)  # input rows when known without reading them (capped at --max-samples): an ETA
+    done_of = "{task.completed:,.0f}" + (" / {task.total:,.0f}" if total is not None else "") + " utt"
+    eta = [TextColumn("eta"), TimeRemainingColumn()] if total is not None else []
+    with Progress(TextColumn(f"[bold]{name}[/] " + done_of), BarColumn(bar_width=None),
+                  TextColumn("{task.fields[audio]:.0f} s audio"), TimeElapsedColumn(), *eta,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("eval", total=total, audio=0.0)
 
         def tick(batch) -> None:
             bar.update(task, advance=len(batch), audio=bar.tasks[0].fields["audio"] + sum(i.duration for i in batch))

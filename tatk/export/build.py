@@ -23,7 +23,8 @@ from tatk.errors import UserError, first_line
 from tatk.export.card import is_hub_id, model_card
 
 HUB_DIR = Path(__file__).parents[1] / "model"
-CODE_FILES = ("configuration_tatk.py", "modeling_tatk.py", "pipeline_tatk.py", "encoder.py", "projectors.py", "speech.py")
+CODE_FILES = ("configuration_tatk.py", "modeling_tatk.py", "pipeline_tatk.py", "encoder.py", "projectors.py", "mixtures.py",
+              "qformer.py", "speech.py")
 AUTO_MAP = {"AutoConfig": "configuration_tatk.TatkAsrConfig", "AutoModel": "modeling_tatk.TatkAsrModel"}
 CUSTOM_PIPELINES = {"automatic-speech-recognition": {"impl": "pipeline_tatk.TatkAsrPipeline", "pt": ["AutoModel"], "type": "audio"}}
 REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", *CODE_FILES)
@@ -143,6 +144,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     from transformers import AutoConfig, WhisperFeatureExtractor
 
     from tatk.train.checkpoint import load_trained, read_weights, resolve
+    from tatk.train.projector_config import model_options
     from tatk.shard.encoders import FrozenEncoder, _revision
     from tatk.model.configuration_tatk import TatkAsrConfig
     from tatk.model.modeling_tatk import TatkAsrModel
@@ -159,17 +161,20 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     if name == "mel" or name.startswith("mel:"):
         n_mels = int(name.split(":")[1]) if ":" in name else 80
         encoder, kind, extractor, enc_rev = None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "log-mel"
+        window = "fit"
     else:
-        frozen = FrozenEncoder(name, dtype="float32", network=merged)
-        encoder, kind, extractor = frozen.model, frozen.kind, frozen.extractor
+        frozen = FrozenEncoder(name, dtype="float32", network=merged, window=recipe.features.window or None)
+        encoder, kind, extractor, window = frozen.model, frozen.kind, frozen.extractor, frozen.window
         enc_rev = _encoder_revision(recipe, frozen.info.revision)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
     cfg = TatkAsrConfig(  # local bases by absolute path: where they came from (merged) or where to load them from
-        encoder=local[name] or name, encoder_revision=enc_rev, encoder_kind=kind, feature_dim=recipe.features.dim,
-        normalize=recipe.features.normalize, llm=local[recipe.model.llm] or recipe.model.llm, llm_revision=llm_rev,
+        encoder=local[name] or name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window,
+        feature_dim=recipe.features.dim, normalize=recipe.features.normalize, llm=local[recipe.model.llm] or recipe.model.llm,
+        llm_revision=llm_rev,
         llm_hidden=model.llm.get_input_embeddings().embedding_dim, projector_kind=recipe.projector.kind,
-        projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden, decoder=recipe.model.decoder,
+        projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden,
+        projector_options=model_options(recipe.projector), decoder=recipe.model.decoder,
         lora_scale=scale, encoder_lora_scale=enc_scale, prompt_prefix=lay.prefix, prompt_suffix=lay.suffix, audio_token_id=lay.audio_id,
         end_token_id=lay.end_id, pad_token_id=lay.pad_id, max_new_tokens=recipe.eval.max_new_tokens, merged=merged,
         auto_map=AUTO_MAP, custom_pipelines=CUSTOM_PIPELINES, architectures=["TatkAsrModel"],

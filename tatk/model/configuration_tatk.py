@@ -20,6 +20,7 @@ class TatkAsrConfig(PretrainedConfig):
         encoder: str = "",  # encoder Hub id or folder, or "mel:N" (log-mel, no network)
         encoder_revision: str = "",
         encoder_kind: str = "mel",  # glmasr | whisper | hubert | wav2vec2 | ... | mel
+        encoder_window: str = "",  # 30s | fit: how clips are padded before the encoder, as in the shards; "": kind's default
         feature_dim: int = 0,  # encoder frame size D
         normalize: str = "utterance",  # none | utterance | global (statistics in the weights)
         llm: str = "",  # causal LM Hub id or folder
@@ -28,6 +29,7 @@ class TatkAsrConfig(PretrainedConfig):
         projector_kind: str = "mlp",
         projector_stack: int = 4,
         projector_hidden: int = 2048,
+        projector_options: dict | None = None,  # the kind's own constructor arguments (mosa, moe, qformer)
         decoder: str = "frozen",  # frozen | lora (adapter pairs in the weights, merged at load) | full
         lora_scale: float = 0.0,  # alpha / r of the LLM's LoRA adapters
         encoder_lora_scale: float = 0.0,  # alpha / r of the encoder's LoRA adapters (model.encoder = "lora")
@@ -45,9 +47,11 @@ class TatkAsrConfig(PretrainedConfig):
     ):
         super().__init__(**kwargs)
         self.encoder, self.encoder_revision, self.encoder_kind = encoder, encoder_revision, encoder_kind
+        self.encoder_window = encoder_window
         self.feature_dim, self.normalize = feature_dim, normalize
         self.llm, self.llm_revision, self.llm_hidden = llm, llm_revision, llm_hidden
         self.projector_kind, self.projector_stack, self.projector_hidden = projector_kind, projector_stack, projector_hidden
+        self.projector_options = dict(projector_options or {})
         self.decoder, self.lora_scale, self.encoder_lora_scale = decoder, lora_scale, encoder_lora_scale
         self.prompt_prefix, self.prompt_suffix = list(prompt_prefix or []), list(prompt_suffix or [])
         self.audio_token_id, self.end_token_id, self.pad_token_id = audio_token_id, end_token_id, pad_token_id

@@ -94,7 +94,7 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         self.encoder = encoder
         self.norm = FeatureNorm(config.normalize, config.feature_dim)
         self.projector = build_projector(config.projector_kind, config.feature_dim, config.llm_hidden,
-                                         config.projector_hidden, config.projector_stack)
+                                         config.projector_hidden, config.projector_stack, config.projector_options)
         self.llm = llm
         self.layout = PromptLayout(list(config.prompt_prefix), list(config.prompt_suffix), config.end_token_id,
                                    config.audio_token_id, config.pad_token_id)
@@ -151,7 +151,8 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
     def audio_encoder(self, extractor) -> AudioEncoder:
         """The encoder's two halves (prepare on CPU, encode on this model's device) around ``extractor``."""
         conv = conv_layers(self.encoder.config) if self.encoder is not None else []
-        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype)
+        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype,
+                            window=getattr(self.config, "encoder_window", "") or None)
 
     @torch.no_grad()
     def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None, **options) -> list[torch.Tensor]:

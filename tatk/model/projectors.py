@@ -6,6 +6,13 @@ Every projector has ``output_length(n_frames)``: the number of LLM positions an 
 - ``mlp``:    stack k frames → Linear → RMSNorm → GELU → Linear → RMSNorm (GLM-ASR / tiny-audio).
 - ``swiglu``: stack k frames → RMSNorm → SiLU(gate)·up → down → RMSNorm (tiny-audio's SmolLM3 model).
 - ``conv``:   two stride-2 Conv1d (k must be 4) → RMSNorm; sees neighbouring frames across stack edges.
+- ``mosa``:   Conv1d downsampler → router-weighted sum of every expert adapter → RMSNorm (mixtures.py).
+- ``moe``:    stack k frames → shared expert + top-k routed experts, auxiliary losses (mixtures.py).
+- ``qformer``: learned queries cross-attend to windows of frames, a few transformer layers (qformer.py).
+
+``forward(x, lens)`` takes the batch's frames (B, T, D) and each row's frame count (B,); projectors whose
+outputs see only their own frames ignore ``lens``. Per-kind options (``experts``, ``window``...) are keyword
+arguments of the constructor, given by the recipe's ``[projector.<kind>]`` table and the exported config.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .mixtures import MoeProjector, MosaProjector
+from .qformer import QFormerProjector
 
 
 def stack_frames(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -36,7 +46,7 @@ class StackedMLP(nn.Module):
     def output_length(self, n_frames: int) -> int:
         return (n_frames - self.stack) // self.stack + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) → (B, output_length(T), out_dim)."""
         h = F.gelu(self.norm1(self.fc1(stack_frames(x, self.stack))))
         return self.norm2(self.fc2(h))
@@ -57,7 +67,7 @@ class StackedSwiGLU(nn.Module):
     def output_length(self, n_frames: int) -> int:
         return (n_frames - self.stack) // self.stack + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) → (B, output_length(T), out_dim)."""
         h = self.pre_norm(stack_frames(x, self.stack))
         return self.post_norm(self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)))
@@ -78,15 +88,23 @@ class ConvDownsampler(nn.Module):
         half = (n_frames - 1) // 2 + 1
         return (half - 1) // 2 + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) → (B, output_length(T), out_dim). Frames past an utterance's end must be zero."""
-        h = self.conv2(F.gelu(self.conv1(x.transpose(1, 2))))
-        return self.norm(h.transpose(1, 2))
+    def forward(self, x: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) → (B, output_length(T), out_dim). Frames past an utterance's end must be zero.
+
+        The first conv's outputs past a row's end (``lens``) are zeroed too: they are its bias, not zeros, and
+        the second conv's last window would otherwise see them only when the batch padded the row."""
+        h = F.gelu(self.conv1(x.transpose(1, 2)))  # (B, hidden, T/2)
+        if lens is not None:
+            half = (lens.to(h.device) - 1) // 2 + 1
+            h = h * (torch.arange(h.shape[2], device=h.device)[None, :] < half[:, None]).unsqueeze(1)
+        return self.norm(self.conv2(h).transpose(1, 2))
 
 
-PROJECTORS: dict[str, type[nn.Module]] = {"mlp": StackedMLP, "swiglu": StackedSwiGLU, "conv": ConvDownsampler}
+PROJECTORS: dict[str, type[nn.Module]] = {"mlp": StackedMLP, "swiglu": StackedSwiGLU, "conv": ConvDownsampler,
+                                          "mosa": MosaProjector, "moe": MoeProjector, "qformer": QFormerProjector}
 
 
-def build_projector(kind: str, in_dim: int, out_dim: int, hidden: int, stack: int) -> nn.Module:
-    """Instantiate projector ``kind`` (a key of ``PROJECTORS``) mapping in_dim features to out_dim embeddings."""
-    return PROJECTORS[kind](in_dim, out_dim, hidden, stack)
+def build_projector(kind: str, in_dim: int, out_dim: int, hidden: int, stack: int, options: dict | None = None) -> nn.Module:
+    """Instantiate projector ``kind`` (a key of ``PROJECTORS``) mapping in_dim features to out_dim embeddings;
+    ``options`` are its own keyword arguments (mosa, moe, qformer)."""
+    return PROJECTORS[kind](in_dim, out_dim, hidden, stack, **(options or {}))

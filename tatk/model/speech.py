@@ -80,7 +80,7 @@ class SpeechDecoding:
 
         feats (B, T, D), feat_lens (B,); row b must hold exactly output_length(feat_lens[b]) placeholders.
         """
-        audio = self.projector(self.norm(feats, feat_lens))  # (B, T', H)
+        audio = self.projector(self.norm(feats, feat_lens), feat_lens)  # (B, T', H)
         n_out = torch.tensor([self.projector.output_length(int(n)) for n in feat_lens], device=feats.device)
         frames = audio[torch.arange(audio.shape[1], device=feats.device)[None, :] < n_out[:, None]]  # (ΣT', H)
         is_audio = input_ids == self.layout.audio_id

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tatk.errors import UserError
 from tatk.train.checks import check_recipe
+from tatk.train.projector_config import KIND_TABLES, MoeConfig, MosaConfig, QformerConfig
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FeaturesConfig:
     encoder: str = ""  #: encoder id the shards were made with; must equal every manifest's encoder.id
     dim: int = 0  #: feature size per frame; must equal every manifest's encoder.dim
     normalize: str = "utterance"  #: none | utterance (mean/var per clip) | global (manifest stats)
+    window: str = ""  #: encoder window the shards were made with: 30s | fit (`tatk shard --window`); empty: read from the manifests, which must agree
 
 
 @dataclass
@@ -62,10 +64,17 @@ class EncoderLoraConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  #: mlp | swiglu | conv (see tatk/model/projectors.py)
-    stack: int = 4  #: encoder frames per LLM position (conv: must be 4)
-    hidden: int = 2048  #: projector hidden width
+    kind: str = "mlp"  #: mlp | swiglu | conv | mosa | moe | qformer (see tatk/model/projectors.py and docs/projectors.md)
+    stack: int = 4  #: encoder frames per LLM position (conv: must be 4; qformer: qformer.window / qformer.queries)
+    hidden: int = 2048  #: projector hidden width (qformer: its transformer width)
     train: bool = True  #: false keeps the projector as loaded from model.init_from (stage 2 with a fixed projector)
+    mosa: MosaConfig | None = None  #: options of kind = "mosa" (only with that kind; defaults when absent)
+    moe: MoeConfig | None = None  #: options of kind = "moe" (only with that kind; defaults when absent)
+    qformer: QformerConfig | None = None  #: options of kind = "qformer" (only with that kind; defaults when absent)
+
+    def __post_init__(self):
+        if self.kind in KIND_TABLES and getattr(self, self.kind) is None:  # resolved recipes show every option
+            setattr(self, self.kind, KIND_TABLES[self.kind]())
 
 
 @dataclass
@@ -88,7 +97,9 @@ class DataConfig:
     max_tokens: int = 4096  #: LLM positions per micro-batch (rows × longest row, padding included)
     group_size: int = 64  #: samples sorted by length together before being cut into batches
     shuffle_buffer: int = 512  #: samples in the streaming shuffle buffer
-    round_shards: int = 4  #: tars read interleaved per shuffle round (the unit of resumable data state)
+    round_shards: int = 4  #: units (tars, or sample ranges of a small set's tars) read interleaved per shuffle round (the unit of resumable data state)
+    resample: bool = False  #: false: every set is read in epochs, each a seeded permutation of its tars dealt to the streams (each tar once per epoch); true: tars drawn at random with replacement
+    max_bad_tars: int = -1  #: unreadable or truncated tars skipped (with a warning) before training stops; -1: 1 % of all training tars, rounded up
     workers: int = 2  #: DataLoader worker processes per rank (0: read in the training process)
     content: str = "features"  #: what the shards hold: features (encoder output) | audio (`tatk shard --store audio`; the model runs the encoder)
 
@@ -124,13 +135,14 @@ class TrainConfig:
     eval_every: int = 1000  #: steps between validations (0: only at the end)
     save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 3  #: newest checkpoints kept on disk
+    keep_best: str = ""  #: "" (off) | wer | val_loss: also keep the checkpoint with the lowest such validation value as <run>/best (`tatk eval RUN:best`, `tatk export RUN:best`); a validation that improves it saves a checkpoint
     gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 
 @dataclass
 class EvalConfig:
-    max_batches: int = 50  #: validation micro-batches per rank for the loss (0: the whole set)
-    wer_samples: int = 64  #: utterances per rank decoded greedily for WER
+    max_samples: int = 1000  #: validation list: the first N utterances of data.val in manifest order, the same on any number of processes (0: the whole split)
+    wer_samples: int = 64  #: the first N utterances of that list are also decoded greedily for WER
     max_new_tokens: int = 128  #: decoding limit per utterance
 
 

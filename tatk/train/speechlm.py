@@ -21,6 +21,7 @@ from torch import nn
 from tatk.errors import UserError
 from tatk.model.projectors import build_projector
 from tatk.model.speech import IGNORE, FeatureNorm, PromptLayout, SpeechDecoding
+from tatk.train.projector_config import model_options
 
 __all__ = ["AUDIO_TOKEN", "IGNORE", "FeatureNorm", "PromptLayout", "SpeechLM", "build_layout", "build_model", "render_prompt"]
 
@@ -150,7 +151,8 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
     norm = FeatureNorm(feats.normalize, feats.dim, *((stats["mean"], stats["std"]) if stats else ()))
     torch.manual_seed(recipe.run.seed)  # same projector and adapter init on every rank and every run
     p = recipe.projector
-    projector = build_projector(p.kind, feats.dim, llm.get_input_embeddings().embedding_dim, p.hidden, p.stack)
+    projector = build_projector(p.kind, feats.dim, llm.get_input_embeddings().embedding_dim, p.hidden, p.stack,
+                                model_options(p))
     projector.requires_grad_(p.train)
     if recipe.model.decoder == "lora":
         from peft import LoraConfig, get_peft_model
