@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tatk import __version__
 from tatk.errors import UserError, first_line
-from tatk.evaluate.models import DEFAULT_MAX_NEW_TOKENS, Evaluated  # noqa: F401  (re-exported)
+from tatk.evaluate.models import Evaluated
 from tatk.evaluate.reading import transcribe
 from tatk.evaluate.tables import METRICS, print_table
 from tatk.files import atomic_write_text
@@ -54,7 +54,7 @@ class EvalOptions:
     split: str = "test"
     max_samples: int | None = None  # first N utterances (shard mode) or input rows (audio mode), per test set
     batch_size: int = 16
-    max_new_tokens: int | None = None  # None: the recipe's eval.max_new_tokens, else DEFAULT_MAX_NEW_TOKENS (tatk)
+    max_new_tokens: int | None = None  # None: the recipe's eval.max_new_tokens, else 128 for tatk exports (models.DEFAULT_MAX_NEW_TOKENS)
     num_beams: int = 1  # 1: greedy; N > 1: beam search with N beams (transformers' generate)
     out: Path | None = None  # one test set: its folder; several: their parent. None: next to the model
     device: str | None = None  # None: cuda when available, else cpu
