@@ -8,6 +8,7 @@ validation pass (loss + greedy decoding) at the end. A launch takes ~30 s on 2 i
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -44,16 +45,22 @@ def accelerate_launch(backend: str, recipe: Path, port: int, *args: str) -> subp
            "--main_process_port", str(port), "tatk", "train", str(recipe), *args]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "2 process(es)" in done.stdout
+    assert "2 process(es)" in " ".join(done.stdout.split())  # rich wraps the line at 80 columns
     return done
 
 
 def free_ports():
-    """Ports free when asked: fixed numbers collide (and hang both) when two test runs share a machine."""
+    """Ports free when asked: fixed numbers collide (and hang both) when two test runs share a machine. Drawn
+    below Linux's ephemeral range (32768+), where any outgoing connection may take a port the OS called free."""
+    draw = random.Random(os.getpid())
     while True:
+        port = draw.randrange(20000, 32000)
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            yield sock.getsockname()[1]
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        yield port
 
 
 @pytest.fixture(scope="module")
