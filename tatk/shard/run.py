@@ -125,7 +125,6 @@ def _check_options(cfg: ShardConfig) -> Path:
     return out
 
 
-
 def _options(cfg: ShardConfig, encoder: FrozenEncoder) -> dict:
     """What decides the shards' contents; a resumed run (any shape) must agree on all of it."""
     shape = ("out", "corpus", "batch_size", "workers", "command", "max_skip_fraction")
@@ -189,7 +188,8 @@ def run_shard(cfg: ShardConfig) -> dict:
     missing = [u.name for u, r in zip(corpus.units, records) if r is None]
     if missing:  # held by other processes still at work: the last one to finish writes the manifest
         console.print(f"{cfg.corpus.split}: this process is done; {len(missing)} units ({missing[0]}, ...) are still "
-                      "being done by other processes, and the last of them writes manifest.json")
+                      "being done by other processes, and the last of them writes manifest.json (if one died, re-run this "
+                      "command to take its units over)")
     else:
         from tatk.shard.verify import check_counts
 
