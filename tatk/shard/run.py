@@ -134,7 +134,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     # What decides the shards' contents; a resumed run must agree on all of it.
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "corpus", "batch_size", "workers", "command")}
     options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
-    options["revision"], options["window"] = encoder.info.revision, encoder.window
+    options["revision"], options["window"] = encoder.info.revision, encoder.window_option
     writer = ShardWriter(out, cfg.corpus.split, state.process_index, state.num_processes,
                          int(cfg.shard_size_mb * 1e6), encoder.info.dim, cfg.dtype, options, cfg.store)
     start = writer.resume()
