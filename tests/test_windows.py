@@ -104,6 +104,10 @@ def test_window_is_recorded_and_checked(fit_run, asr_run, tmp_path):
     proc = run_tatk("validate", fit_run["recipe"], "--set", "features.window=30s", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "features.window" in lines[0] and "'fit'" in lines[0], proc.stderr
+    # adding to fit shards with the default (30s) window is refused: the folder's features would not fit together
+    proc = run_tatk("shard", "--dataset", fit_run["corpus"], "--subset", "small", "--encoder", asr_run["encoder"],
+                    "--split", "train", "--out", fit_run["shards"], check=False)
+    assert proc.returncode == 2 and "window='fit'" in proc.stderr, proc.stderr
     # evaluating a fit-trained model on 30s shards is refused too
     proc = run_tatk("eval", fit_run["checkpoint"], "--data", asr_run["shards"], "--split", "test", check=False)
     assert proc.returncode == 2 and "window" in proc.stderr, proc.stderr

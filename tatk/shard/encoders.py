@@ -71,6 +71,12 @@ class FrozenEncoder(AudioEncoder):
             self._init_pretrained(name, network)
         self.info.dtype = dtype
 
+    @property
+    def window_option(self) -> str | None:
+        """The window as a shard option: None when it is the kind's default (as in folders made before windows
+        existed, which then still resume), else its name."""
+        return None if self.window == windows_for(self.kind)[0] else self.window
+
     def _check_window(self) -> None:
         """Resolve and check the window once the kind is known, before any weights are loaded."""
         self.window = self.window or windows_for(self.kind)[0]

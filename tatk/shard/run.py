@@ -130,7 +130,7 @@ def _options(cfg: ShardConfig, encoder: FrozenEncoder) -> dict:
     shape = ("out", "corpus", "batch_size", "workers", "command", "max_skip_fraction")
     options = {k: v for k, v in asdict(cfg).items() if k not in shape}
     options |= {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg.corpus).items()}
-    options["revision"], options["window"] = encoder.info.revision, encoder.window
+    options["revision"], options["window"] = encoder.info.revision, encoder.window_option
     return options
 
 
