@@ -3,7 +3,8 @@
 Accepts a file path, encoded bytes, a 1-D array at 16 kHz, ``{"raw" | "array": wave, "sampling_rate": sr}``
 (any rate: resampled with soxr), or a list of those with ``batch_size``. Audio longer than the model's
 ``chunk_seconds`` (30 s) is cut near that length at its quietest point, each chunk is transcribed and the
-texts are joined; ``return_timestamps=True`` also returns the chunks with their (start, end) seconds.
+texts are joined; ``return_timestamps=True`` also returns the chunks with their (start, end) seconds, and
+``return_timestamps="word"`` each word's, by CTC forced alignment with the export's aligner or ``aligner=`` (align.py).
 Decoding is greedy unless told otherwise (``num_beams=``, ...); ``streamer=`` (a transformers
 ``TextIteratorStreamer`` or ``TextStreamer``) receives the transcript as it is decoded, all chunks in one stream.
 """
@@ -16,6 +17,7 @@ import os
 import numpy as np
 from transformers.pipelines.base import ChunkPipeline
 
+from .align import CtcAligner, word_options
 from .speech import decoding_options
 
 SAMPLE_RATE = 16_000
@@ -114,7 +116,8 @@ class TatkAsrPipeline(ChunkPipeline):
     """Audio → text with a ``TatkAsrModel``. Call options: decoding options (``max_new_tokens`` per chunk,
     ``num_beams``, ``length_penalty``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``early_stopping``,
     ``streamer``), as keywords or in ``generate_kwargs``; ``chunk_length_s`` (at most the model's
-    ``chunk_seconds``), ``return_timestamps``."""
+    ``chunk_seconds``), ``return_timestamps`` (True: chunks; "word": words), ``aligner`` (a CTC model's Hub id or
+    folder for word timestamps, instead of the export's)."""
 
     _load_tokenizer = True
     _load_feature_extractor = True
@@ -137,8 +140,6 @@ class TatkAsrPipeline(ChunkPipeline):
         pre = {"chunk_length_s": chunk_length_s} if chunk_length_s else {}
         fwd = {"options": options} if options else {}
         post = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
-        from .align import word_options  # word timestamps (return_timestamps="word", aligner=): align.py
-
         word_pre, word_post = word_options(self.model.config, return_timestamps, aligner)
         return {**pre, **word_pre}, fwd, {**post, **word_post}
 
@@ -160,11 +161,9 @@ class TatkAsrPipeline(ChunkPipeline):
         return {"is_last": model_inputs["is_last"], "text": texts if batched else texts[0], "span": model_inputs["span"],
                 **({"wave": model_inputs["wave"]} if "wave" in model_inputs else {})}  # kept for word timestamps
 
-    def aligner(self, name: str | None = None):
+    def aligner(self, name: str | None = None) -> CtcAligner:
         """The CTC aligner for word timestamps: ``name`` (a Hub id or folder given with ``aligner=``), else the
         export's (``tatk export --aligner``): a folder copied inside the export, or a Hub id."""
-        from .align import CtcAligner
-
         cfg = self.model.config
         key = name or f"{cfg.aligner}@{cfg.aligner_subfolder}"
         if key not in self.aligners:
