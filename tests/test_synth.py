@@ -147,7 +147,7 @@ def test_held_out_word_orders_leave_the_grammar_splits_unchanged():
 
 
 def test_noise_is_added_at_the_requested_snr():
-    from tatk.synthetic.speech import add_noise
+    from tatk.synthetic.voices import add_noise
 
     x, _ = synthesize("THE OLD SAILOR PAINTED SEVEN RED BOATS")
     for seed, snr in [(0, 15.0), (1, 5.0), (2, 30.0)]:
@@ -163,7 +163,7 @@ def test_synth_corpus_held_out_splits(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from tatk.synthetic.speech import HELDOUT_VARIANTS, TRAIN_VARIANTS
+    from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS
 
     subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path), "--train", "24", "--dev", "2", "--test", "6",
                     "--held-out", "--listen", "--seed", "5"], check=True, cwd=Path(__file__).parents[1])

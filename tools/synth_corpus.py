@@ -16,7 +16,8 @@ import argparse
 import time
 
 from tatk.synthetic.sentences import make_splits
-from tatk.synthetic.speech import HELDOUT_VARIANTS, TRAIN_VARIANTS, Speaking, write_corpus
+from tatk.synthetic.speech import write_corpus
+from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS, Speaking
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
 from tatk.synthetic.sentences import random_sentence
-from tatk.synthetic.speech import VARIANTS, VOICES, synthesize, word_starts
+from tatk.synthetic.speech import synthesize, word_starts
+from tatk.synthetic.voices import VARIANTS, VOICES
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 
