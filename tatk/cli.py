@@ -29,7 +29,7 @@ def _fail(message: str) -> None:
 
 @app.command()
 def shard(
-    out: Annotated[Path, typer.Option(help="Output folder for the tars and manifest.json.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for the tars and manifest.json.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id (or a local dataset folder), streamed.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Dataset config name, e.g. 'medium' for LoquaciousSet.")] = None,
     local: Annotated[Optional[Path], typer.Option(help="Local corpus: folder with metadata.csv / *.jsonl (file,text) or LoquaciousSet parquet files.")] = None,
@@ -46,15 +46,33 @@ def shard(
     dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
     store: Annotated[str, typer.Option(help="What the shards hold: 'features' (the encoder's output; training never runs it) or 'audio' (16 kHz FLAC; training runs the encoder, so it can adapt it with LoRA).")] = "features",
     max_samples: Annotated[Optional[int], typer.Option(help="Stop after this many input rows (for trials).")] = None,
-    workers: Annotated[int, typer.Option(help="Background processes decoding and resampling audio.")] = 1,
+    workers: Annotated[int, typer.Option(help="Background processes reading units and decoding audio (each reads whole units).")] = 1,
+    max_skip_fraction: Annotated[float, typer.Option(help="Stop when one skip reason covers more than this share of the first 1,000 rows or of any unit.")] = 0.5,
+    verify: Annotated[Optional[Path], typer.Option(help="Check a shard folder instead: every unit done, every row counted, every tar readable and matching its sha256.")] = None,
+    window: Annotated[Optional[str], typer.Option(help="GLM-ASR only: '30s' pads every clip to 30 s (the default, as GLM-ASR's processor does) or 'fit' pads each clip to its next whole second (several times less encoder work on short clips). Whisper is always 30s; waveform encoders always fit.")] = None,
 ) -> None:
     """Run a frozen audio encoder over a corpus once and write WebDataset shards of its features.
 
-    Re-running the same command resumes: finished shards are verified and kept, the rest are redone.
-    Under ``accelerate launch`` each process takes every N-th utterance and writes its own shards.
+    The corpus is listed as units (source files, or 1,000-row blocks of a listing) that processes and
+    workers claim one at a time. Re-running the same command, at any process or worker count, keeps
+    finished units and redoes the rest. ``tatk shard --verify OUT`` checks a folder's completeness.
     """
     from tatk.data.corpus import CorpusSpec
     from tatk.shard.run import ShardConfig, run_shard
+
+    if verify is not None:
+        from rich.console import Console
+
+        from tatk.shard.progress import print_verified
+        from tatk.shard.verify import verify as verify_folder
+
+        try:
+            print_verified(Console(stderr=True), verify, verify_folder(verify))
+        except UserError as e:
+            _fail(str(e))
+        return
+    if out is None:
+        _fail("give --out FOLDER (or --verify FOLDER to check one)")
 
     corpus = CorpusSpec(
         dataset=dataset, subset=subset, local=local, split=split, audio_column=audio_column, text_column=text_column,
@@ -63,7 +81,7 @@ def shard(
     cfg = ShardConfig(
         out=out, corpus=corpus, encoder=encoder, max_seconds=max_seconds, batch_size=batch_size,
         shard_size_mb=shard_size_mb, dtype=dtype, store=store, max_samples=max_samples, workers=workers,
-        command=" ".join(["tatk", *sys.argv[1:]]),
+        max_skip_fraction=max_skip_fraction, window=window, command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:
         run_shard(cfg)
@@ -103,35 +121,45 @@ def validate(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[Optional[str], typer.Argument(help="Checkpoint or run folder; with --dataset/--local also an export folder or Hub id.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Shard folder (tatk shard output): transcribe its stored features.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id or local dataset folder: transcribe its audio end to end.")] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Checkpoint or run folder; with --dataset/--local also an export folder, a Hub id, or any transformers ASR model (a baseline: Whisper, wav2vec2-CTC, ...).")] = None,
+    data: Annotated[Optional[list[Path]], typer.Option(help="Shard folder (tatk shard output): transcribe its stored features. Repeat for several test sets.")] = None,
+    dataset: Annotated[Optional[list[str]], typer.Option(help="Hub dataset id or local dataset folder: transcribe its audio end to end. Repeatable.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Dataset config name (with --dataset).")] = None,
-    local: Annotated[Optional[Path], typer.Option(help="Local corpus folder (metadata.csv / *.jsonl / parquet): transcribe its audio.")] = None,
+    local: Annotated[Optional[list[Path]], typer.Option(help="Local corpus folder (metadata.csv / *.jsonl / parquet): transcribe its audio. Repeatable.")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    max_samples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N utterances.")] = None,
+    audio_column: Annotated[str, typer.Option(help="Column holding the audio (LoquaciousSet: wav), as for tatk shard.")] = "wav",
+    text_column: Annotated[str, typer.Option(help="Column holding the reference transcript.")] = "text",
+    id_column: Annotated[str, typer.Option(help="Column holding the utterance id; missing → row index.")] = "ID",
+    speaker_column: Annotated[str, typer.Option(help="Column holding the speaker id; optional.")] = "spk_id",
+    text_transform: Annotated[str, typer.Option(help="Reference text transform, as for tatk shard: lower, upper or none.")] = "lower",
+    max_samples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N utterances of each test set.")] = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per batch (length-sorted).")] = 16,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Decoding limit per utterance; default: the recipe's eval.max_new_tokens.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder; default <checkpoint>/eval-<data>-<split>.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Decoding limit per utterance; default: the recipe's eval.max_new_tokens (baselines: their own).")] = None,
+    num_beams: Annotated[int, typer.Option(help="Beam search with N beams; 1 is greedy decoding.")] = 1,
+    metric: Annotated[str, typer.Option(help="Metrics shown in the table: wer, cer or wer,cer (summary.json always has both).")] = "wer",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (several test sets: their parent); default <model>/eval-<data>-<split>.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1...; default cuda when available.")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two eval summaries (summary.json or their folders) instead.")] = None,
 ) -> None:
-    """Measure normalised WER (Whisper's English normaliser, corpus-level) and RTFx of a trained model.
+    """Measure normalised WER and CER (Whisper's English normaliser, corpus-level) and RTFx of a model.
 
-    Writes utterances.jsonl (most errors first) and summary.json. With --compare A B: two summaries side by side.
+    Writes utterances.jsonl (most errors first) and summary.json per test set. With --compare A B: two summaries side by side.
     """
     from tatk.evaluate.compare import compare as compare_summaries
-    from tatk.evaluate.run import EvalOptions, run_eval
+    from tatk.evaluate.run import EvalOptions, run_evals
+    from tatk.evaluate.tables import parse_metrics
 
     try:
         if compare:
             compare_summaries(*compare)
         elif model is None:
-            raise UserError("give a MODEL (checkpoint, run or export folder, or Hub id), or --compare A B")
+            raise UserError("give a MODEL (checkpoint, run or export folder, Hub id, transformers ASR model), or --compare A B")
         else:
-            run_eval(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split,
-                                 max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 out=out, device=device))
+            run_evals(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split,
+                                  max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  num_beams=num_beams, out=out, device=device, metrics=parse_metrics(metric),
+                                  audio_column=audio_column, text_column=text_column, id_column=id_column,
+                                  speaker_column=speaker_column, text_transform=text_transform))
     except UserError as e:
         _fail(str(e))
 
@@ -139,13 +167,14 @@ def eval_(
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run folder written by `tatk train` (holds metrics.jsonl).")],
-    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="`tatk eval` output folder; default: the newest one inside the run.")] = None,
+    eval_dirs: Annotated[Optional[list[Path]], typer.Option("--eval", help="`tatk eval` output folder (repeat to set held-out splits side by side); default: the newest one inside the run.")] = None,
 ) -> None:
-    """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances."""
+    """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances;
+    with several --eval folders, their WERs side by side (table and held-out.png)."""
     from tatk.evaluate.report import write_report
 
     try:
-        out = write_report(run, eval_dir)
+        out = write_report(run, eval_dirs)
     except UserError as e:
         _fail(str(e))
     print(f"report: {out / 'report.md'}")
@@ -155,15 +184,16 @@ def report(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a run folder (its newest checkpoint).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export, which is replaced).")],
-    merged: Annotated[bool, typer.Option(help="Store every weight (encoder, LLM with LoRA merged): works without the base models.")] = False,
+    merged: Annotated[Optional[bool], typer.Option("--merged/--no-merged", help="Store every weight (encoder, LLM with LoRA merged): works without the base models. Default: merged when a base model is a local folder, references for Hub ids; --no-merged keeps references (absolute paths) to local folders too.", show_default=False)] = None,
     eval_summary: Annotated[Optional[Path], typer.Option("--eval", help="summary.json from `tatk eval`: its results go in the model card.")] = None,
     license: Annotated[str, typer.Option(help="License id for the model card's metadata.")] = "apache-2.0",
+    aligner: Annotated[Optional[str], typer.Option(help="CTC model (Hub id or folder, e.g. facebook/wav2vec2-base-960h) for word timestamps; a folder is copied in.")] = None,
 ) -> None:
     """Write a Hub-ready model folder: pipeline("automatic-speech-recognition", model=OUT_DIR, trust_remote_code=True)."""
     from tatk.export import export as run_export
 
     try:
-        out = run_export(checkpoint, out_dir, merged=merged, eval_summary=eval_summary, license=license)
+        out = run_export(checkpoint, out_dir, merged=merged, eval_summary=eval_summary, license=license, aligner=aligner)
     except UserError as e:
         _fail(str(e))
     print(f"exported: {out}")

@@ -36,6 +36,15 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_aligner(tmp_path_factory) -> Path:
+    """A tiny character CTC model (wav2vec2-base-960h's vocabulary layout) trained for about two minutes on
+    espeak-ng sentences: a forced aligner for word timestamps (``tatk.synthetic.aligner``)."""
+    from tatk.synthetic.aligner import build_tiny_aligner
+
+    return build_tiny_aligner(tmp_path_factory.mktemp("aligner") / "ctc")
+
+
+@pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> dict[str, Path]:
     """A small espeak-ng corpus in both layouts: LoquaciousSet parquet (Hub-repo shaped) and a folder."""
     from tatk.synthetic.sentences import make_splits

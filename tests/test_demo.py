@@ -79,6 +79,25 @@ def test_demo_every_stage_leaves_valid_artifacts(demo):
 
 
 @pytest.mark.slow
+def test_demo_sets_held_out_splits_side_by_side(demo):
+    """The main job evaluates the in-grammar test split, unseen word orders and unseen voices with noise;
+    the report's table holds each eval's own WER and size, and the bar chart is drawn."""
+    import matplotlib.image
+
+    report = demo["run"] / "report"
+    text = (report / "report.md").read_text()
+    table = text[text.index("## Held-out splits side by side"):]
+    first = None
+    for split in ("test", "test_order", "test_noisy"):
+        summary = json.loads((demo["run"] / f"eval-{split}" / "summary.json").read_text())
+        assert summary["split"] == split and summary["n"] == 12
+        first = summary["wer"] if first is None else first
+        assert f"| {split} | {summary['data']} | 12 | {100 * summary['wer']:.2f} % | {100 * (summary['wer'] - first):+.2f} |" in table
+    assert json.loads((report / "eval-summaries.json").read_text())["test_noisy"]["split"] == "test_noisy"
+    assert matplotlib.image.imread(report / "held-out.png").std() > 0
+
+
+@pytest.mark.slow
 def test_demo_export_transcribes_a_test_clip(demo):
     import pyarrow.parquet as pq
     from transformers import pipeline
@@ -160,7 +179,8 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
     import torch
     from train_fixtures import prepare_tiny, tiny_recipe
 
-    from tatk.train.stream import TrainStream
+    from tatk.train.position import DataPosition
+    from tatk.train.stream import TrainStream, shard_sets
     from tatk.train.speechlm import build_model
     from tatk.train.recipe import load_recipe
 
@@ -173,13 +193,18 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
 
     model = build_model(recipe, None, torch.float32)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
-    stream = lambda start: iter(TrainStream(recipe, codec, 0, 1, start, 0))
-    first = [next(b) for b in [stream({})] for _ in range(4)]
-    resumed = next(stream({0: [0, 3]}))
-    assert resumed["position"] == first[3]["position"] == (0, 0, 3)
+    def stream(at=None):  # a stream that goes on after the batch named ``at`` (a batch's "position")
+        position = DataPosition(0, 1, 0, recipe.run.seed, [c for _, c, _ in shard_sets(recipe)])
+        if at is not None:
+            position.advance(at)
+        return iter(TrainStream(recipe, codec, position))
+
+    first = [next(b) for b in [stream()] for _ in range(4)]
+    resumed = next(stream(first[2]["position"]))
+    assert resumed["position"][:3] == first[3]["position"][:3] == (0, 0, 3)
     assert torch.equal(resumed["feats"], first[3]["feats"]) and resumed["keys"] == first[3]["keys"]
     recipe.augment.time_masks = recipe.augment.freq_masks = 0
-    plain = [next(b) for b in [stream({})] for _ in range(4)]
+    plain = [next(b) for b in [stream()] for _ in range(4)]
     assert [b["keys"] for b in plain] == [b["keys"] for b in first]  # masking does not change the data order
     assert any(not torch.equal(p["feats"], f["feats"]) for p, f in zip(plain, first))
     assert augment_batch([], recipe.augment, np.random.default_rng(0)) == []

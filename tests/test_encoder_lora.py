@@ -17,7 +17,7 @@ from test_shard import _bad_corpus
 
 from tatk.data.audio import decode
 from tatk.train.collate import Codec
-from tatk.train.stream import val_batches
+from tatk.train.validate import val_batches
 from tatk.errors import UserError
 from tatk.train.speechlm import IGNORE, build_model
 from tatk.train.recipe import load_recipe
@@ -95,7 +95,7 @@ steps = {steps}
 save_every = {steps}
 log_every = 1
 [eval]
-max_batches = 1
+max_samples = 8
 wer_samples = 2
 max_new_tokens = 4
 [log]
@@ -173,7 +173,7 @@ def first_batch(recipe, model) -> dict:
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length,
                   audio=model.encoder.inputs if model.encoder is not None else None)
     recipe.data.val.split = "train"
-    return next(iter(val_batches(recipe, codec, 0, 1)))
+    return next(iter(val_batches(recipe, codec, 0, 1)))[0]
 
 
 def test_frozen_encoder_on_audio_equals_feature_shards(shards, tmp_path):

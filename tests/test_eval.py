@@ -75,6 +75,22 @@ def test_wer_agrees_with_an_independent_levenshtein_on_random_word_lists():
         assert u.ref_words == len(r.split()) and hits + u.sub + u.ins == len(h.split())
 
 
+def test_cer_is_total_character_edits_over_reference_characters():
+    # hand-counted: "cat"→"cut" 1 sub of 11 chars ("the cat sat"); "hi"→"" 2 deletions of 2 chars
+    s = score(["The cat sat.", "Hi"], ["the cut sat", ""])
+    assert [(u.char_errors, u.ref_chars) for u in s.utterances] == [(1, 11), (2, 2)]
+    assert (s.char_errors, s.ref_chars) == (3, 13) and s.cer == pytest.approx(3 / 13)
+    # and against an independent Levenshtein over characters, on random sentences
+    rng = random.Random(1)
+    vocab = ["alpha", "beta", "gamma", "delta", "echo", "kilo", "lima", "oscar"]
+    refs = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 8))) for _ in range(100)]
+    hyps = [" ".join(w if rng.random() > 0.3 else rng.choice(vocab) for w in r.split() if rng.random() > 0.1) for r in refs]
+    s = score(refs, hyps)
+    distances = [_levenshtein(list(normalize(r)), list(normalize(h))) for r, h in zip(refs, hyps)]
+    assert [u.char_errors for u in s.utterances] == distances
+    assert s.cer == pytest.approx(sum(distances) / sum(len(normalize(r)) for r in refs))
+
+
 # -- tatk eval, shard mode -------------------------------------------------------------------------
 
 
@@ -129,6 +145,26 @@ def test_shard_eval_writes_consistent_files_and_the_models_own_transcripts(asr_r
         assert got[uid] == (text, direct)
 
 
+def test_num_beams_gives_the_models_own_beam_transcripts(asr_run, tmp_path):
+    """--num-beams N: shard mode and audio mode both decode with N beams, as the model does one clip at a time."""
+    from tatk.evaluate.run import EvalOptions, run_eval
+    from tatk.train.checkpoint import load_trained
+
+    run_tatk("eval", asr_run["run"], "--data", asr_run["shards"], "--num-beams", "3", "--batch-size", "3", "--out", tmp_path / "s")
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (tmp_path / "s" / "utterances.jsonl").read_text().splitlines())}
+    assert summary["num_beams"] == 3
+    _, model = load_trained(asr_run["checkpoint"])
+    feats = _shard_features(asr_run["shards"])
+    beam = {uid: model.generate(torch.from_numpy(f)[None], torch.tensor([f.shape[0]]), 128, num_beams=3)[0] for uid, _, f in feats}
+    greedy = {uid: model.generate(torch.from_numpy(f)[None], torch.tensor([f.shape[0]]), 128)[0] for uid, _, f in feats}
+    assert rows == beam and beam != greedy, "beam equals greedy on every clip: the check would be vacuous"
+    audio = run_eval(EvalOptions(model=str(asr_run["run"]), dataset=str(asr_run["corpus"]), subset="small",
+                                 split="test", num_beams=3, out=tmp_path / "a"))
+    audio_rows = {r["id"]: r["hypothesis"] for r in map(json.loads, (tmp_path / "a" / "utterances.jsonl").read_text().splitlines())}
+    assert audio["num_beams"] == 3 and audio_rows == beam
+
+
 def test_max_samples_takes_the_first_utterances_in_order(asr_run, tmp_path):
     from tatk.evaluate.run import EvalOptions, run_eval
 
@@ -165,7 +201,7 @@ def test_bad_inputs_fail_with_one_line(asr_run, tmp_path):
     fails("no such checkpoint", model=str(tmp_path / "nowhere"))
     fails("no such shard folder", data=tmp_path / "no-shards")
     fails("no split 'dev'", split="dev")
-    fails("exactly one of", dataset="some/dataset")
+    fails("cannot be opened", dataset="nobody/no-such-dataset")  # a second test set, checked before any model loads
     fails("needs a tatk checkpoint", model="org/some-model")
     fails("no such folder", data=None, local=tmp_path / "no-corpus")
     fails("cannot be opened", data=None, dataset="nobody/no-such-dataset")

@@ -48,14 +48,14 @@ json.dump(results, open(sys.argv[2], "w"))
 """
 
 
-def run_pipeline(model: Path, jobs: dict, tmp: Path) -> dict:
-    """Run PIPELINE_JOBS in a fresh offline process; {job: [pipeline outputs]}."""
+def run_pipeline(model: Path, jobs: dict, tmp: Path, cwd: Path | None = None) -> dict:
+    """Run PIPELINE_JOBS in a fresh offline process (in ``cwd``); {job: [pipeline outputs]}."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "jobs.py").write_text(PIPELINE_JOBS)
     (tmp / "spec.json").write_text(json.dumps({"model": str(model), "jobs": jobs}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp / "modules")}
     proc = subprocess.run([sys.executable, str(tmp / "jobs.py"), str(tmp / "spec.json"), str(tmp / "out.json")],
-                          capture_output=True, text=True, env=env, check=False)
+                          capture_output=True, text=True, env=env, check=False, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((tmp / "out.json").read_text())
 
@@ -170,7 +170,7 @@ def pipeline_results(exported, clips, tmp_path_factory) -> dict:
     return run_pipeline(exported, jobs, root / "run")
 
 
-def test_export_folder_is_hub_ready(exported):
+def test_export_folder_is_hub_ready(exported, asr_run):
     config = json.loads((exported / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_tatk.TatkAsrModel"
     assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_tatk.TatkAsrPipeline"
@@ -179,9 +179,12 @@ def test_export_folder_is_hub_ready(exported):
     from safetensors.torch import load_file
 
     weights = load_file(str(exported / "model.safetensors"))
-    # decoder = "full" in asr_run: projector + decoder; never the frozen encoder
-    assert any(k.startswith("projector.") for k in weights) and any(k.startswith("llm.") for k in weights)
-    assert not any(k.startswith("encoder.") for k in weights)
+    # the bases are local folders, so the default export is self-contained: every weight, encoder included
+    assert config["merged"] and config["encoder_config"] and config["llm_config"]
+    assert any(k.startswith(("projector.", "llm.", "encoder.")) for k in weights)
+    assert {k.split(".")[0] for k in weights} >= {"projector", "llm", "encoder"}
+    # provenance: where the bases came from (absolute paths) and their content hashes
+    assert config["encoder"] == str(Path(asr_run["encoder"]).resolve()) and config["llm"] == str(Path(asr_run["llm"]).resolve())
     assert config["llm_revision"].startswith("sha256:") and config["encoder_revision"].startswith("sha256:")
     from transformers import AutoTokenizer
 
@@ -247,15 +250,53 @@ def _relocated_checkpoint(asr_run, root: Path, **recipe_edits) -> tuple[Path, di
     return ckpt, base
 
 
-def test_merged_works_without_base_models(asr_run, clips, reference, tmp_path):
+def test_default_export_loads_from_anywhere(asr_run, clips, reference, tmp_path):
+    """Local base folders → a self-contained export: it loads from another working directory, after the base
+    folders are deleted and after the export folder itself is moved."""
     ckpt, base = _relocated_checkpoint(asr_run, tmp_path)
     assert str(base["llm"]) in (ckpt / "recipe.toml").read_text()
-    out = tmp_path / "merged"
-    run_tatk("export", ckpt, out, "--merged")
+    run_tatk("export", ckpt, "exports/tiny", cwd=tmp_path)  # a relative output folder, as in the main job
     shutil.rmtree(base["encoder"])
     shutil.rmtree(base["llm"])
-    results = run_pipeline(out, {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}, tmp_path / "run")
+    moved = tmp_path / "elsewhere" / "tiny"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "exports" / "tiny", moved)
+    other = tmp_path / "other-cwd"
+    other.mkdir()
+    jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}
+    results = run_pipeline(moved, jobs, tmp_path / "run", cwd=other)
     assert [r["text"] for r in results["paths"]] == reference
+
+
+def test_no_merged_keeps_references_and_names_a_missing_base(asr_run, clips, reference, tmp_path):
+    """--no-merged: the bases are referenced by absolute path (loads from any cwd while they exist); once one is
+    gone, loading fails with one line naming it and --merged, in transformers' pipeline and in tatk."""
+    from tatk.errors import UserError
+    from tatk.export import load_pipeline
+
+    ckpt, base = _relocated_checkpoint(asr_run, tmp_path)
+    out = tmp_path / "refs"
+    run_tatk("export", ckpt, out, "--no-merged")
+    config = json.loads((out / "config.json").read_text())
+    assert not config["merged"] and config["llm"] == str(base["llm"].resolve())
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("encoder.") for k in load_file(str(out / "model.safetensors")))
+    other = tmp_path / "other-cwd"
+    other.mkdir()
+    jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}
+    assert [r["text"] for r in run_pipeline(out, jobs, tmp_path / "run", cwd=other)["paths"]] == reference
+
+    shutil.rmtree(base["llm"])
+    (tmp_path / "load.py").write_text("import sys\nfrom transformers import pipeline\n"
+                                      "pipeline('automatic-speech-recognition', model=sys.argv[1], trust_remote_code=True)\n")
+    proc = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(out)], capture_output=True, text=True, cwd=other,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "MissingBaseModel" in last and str(base["llm"].resolve()) in last and "--merged" in last, proc.stderr[-2000:]
+    with pytest.raises(UserError, match="--merged") as e:
+        load_pipeline(str(out))
+    assert "\n" not in str(e.value) and str(base["llm"].resolve()) in str(e.value)
 
 
 def test_lora_export_equals_peft(asr_run, tmp_path):
@@ -269,7 +310,7 @@ def test_lora_export_equals_peft(asr_run, tmp_path):
             "lora.alpha": 16, "lora.dropout": 0.0, "train.steps": 3, "train.save_every": 3, "optim.llm_lr": 0.05}
     run_tatk("train", asr_run["checkpoint"] / "recipe.toml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
     ckpt = tmp_path / "runs" / "lora"
-    export(ckpt, tmp_path / "export")  # in-process: the CLI path is covered above
+    export(ckpt, tmp_path / "export", merged=False)  # in-process; references, so the adapters are merged at load
 
     rec, peft_model = load_trained(ckpt)
     assert rec.model.decoder == "lora" and rec.lora.r == 4

@@ -39,7 +39,7 @@ def family(tiny_encoders, speech, tmp_path_factory):
                 "data.train.0.path": shards[kind], "data.val.path": shards[kind], "data.val.split": "train",
                 "data.workers": 0, "data.group_size": 8, "data.shuffle_buffer": 8, "data.round_shards": 1,
                 "train.steps": 2, "train.save_every": 2, "train.log_every": 1, "train.eval_every": 0,
-                "eval.max_batches": 1, "eval.wer_samples": 2, "eval.max_new_tokens": 4, "log.wandb": "off"}
+                "eval.max_samples": 8, "eval.wer_samples": 2, "eval.max_new_tokens": 4, "log.wandb": "off"}
         return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
 
     overrides.root = root

@@ -189,7 +189,7 @@ def test_stage2_starts_from_the_stage1_projector(tmp_path):
     exactly (a fresh projector would differ: stage 1 moved it away from the seeded init), while its LoRA trains."""
     base = prepare_tiny(tmp_path)
     short = {"train": {"steps": 2, "log_every": 1, "save_every": 2, "eval_every": 0}, "data": {"workers": 0},
-             "eval": {"max_batches": 1, "wer_samples": 1, "max_new_tokens": 2}}
+             "eval": {"max_samples": 8, "wer_samples": 1, "max_new_tokens": 2}}
     (tmp_path / "s1.toml").write_text(tiny_recipe(base, tmp_path / "runs" / "s1", **short))
     train = [sys.executable, "tatk", "train"]
     done = subprocess.run([*train, str(tmp_path / "s1.toml")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -215,7 +215,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
         (tmp_path / f"{name}.toml").write_text(tiny_recipe(
             base, tmp_path / "runs" / name, model={"decoder": "full"}, data={"workers": 0},
             train={"steps": 3, "log_every": 1, "save_every": 3, "eval_every": 0, "gradient_checkpointing": flag},
-            eval={"max_batches": 1, "wer_samples": 1, "max_new_tokens": 2}))
+            eval={"max_samples": 8, "wer_samples": 1, "max_new_tokens": 2}))
         done = subprocess.run([sys.executable, "tatk", "train", str(tmp_path / f"{name}.toml")], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -111,3 +111,68 @@ def test_folder_layout(tmp_path: Path):
             _check_audio((folder / r["file"]).read_bytes(), r["text"])
     assert {Path(r).suffix for r in _files(tmp_path / "a") if "train/" in r} == {".csv", ".wav", ".flac"}
     assert not list((tmp_path / "a").rglob(".*.tmp"))
+
+
+# --- the held-out splits of the main job: unseen word orders, unseen voices with noise
+
+
+def test_grammar_recogniser_accepts_the_grammar_and_refuses_scrambles():
+    import random
+
+    from tatk.synthetic.sentences import is_grammatical, random_sentence, scrambled_sentence
+
+    r = random.Random(11)
+    grammar = [random_sentence(r) for _ in range(5000)]
+    assert all(map(is_grammatical, grammar))
+    vocabulary = {w for s in grammar for w in s.split()}
+    scrambled = [scrambled_sentence(r) for _ in range(500)]
+    assert not any(map(is_grammatical, scrambled))
+    assert {w for s in scrambled for w in s.split()} <= vocabulary  # new orders, not new words
+    # the recogniser is not a blanket "no": swapping two words of a grammatical sentence breaks it
+    assert is_grammatical("THE OLD SAILOR PAINTED SEVEN RED BOATS")
+    assert not is_grammatical("THE OLD SAILOR PAINTED RED SEVEN BOATS")
+
+
+def test_held_out_word_orders_leave_the_grammar_splits_unchanged():
+    from tatk.synthetic.sentences import is_grammatical
+
+    plain = make_splits(400, 60, 60, seed=3)
+    held = make_splits(400, 60, 60, seed=3, n_test_order=50)
+    assert {k: held[k] for k in plain} == plain  # the in-grammar corpus (and its audio) stays the same
+    assert len(set(held["test_order"])) == 50 and not any(map(is_grammatical, held["test_order"]))
+    mixed = make_splits(400, 60, 60, seed=3, scrambled=0.25, n_test_order=50)
+    assert mixed["test_order"] == held["test_order"] and mixed["test"] == plain["test"]
+    assert len(mixed["train"]) == 400 and sum(not is_grammatical(s) for s in mixed["train"]) == 100
+    assert not set(mixed["train"]) & set(mixed["test_order"])
+
+
+def test_noise_is_added_at_the_requested_snr():
+    from tatk.synthetic.voices import add_noise
+
+    x, _ = synthesize("THE OLD SAILOR PAINTED SEVEN RED BOATS")
+    for seed, snr in [(0, 15.0), (1, 5.0), (2, 30.0)]:
+        y = add_noise(x, snr, seed)
+        speech = x[np.abs(x) > 0.01 * np.abs(x).max()]
+        assert 10 * np.log10(np.mean(speech**2) / np.mean((y - x) ** 2)) == pytest.approx(snr, abs=0.01)
+    assert not np.allclose(add_noise(x, 15.0, 0), add_noise(x, 15.0, 1))
+
+
+def test_synth_corpus_held_out_splits(tmp_path):
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS
+
+    subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path), "--train", "24", "--dev", "2", "--test", "6",
+                    "--held-out", "--listen", "--seed", "5"], check=True, cwd=Path(__file__).parents[1])
+    tables = {s: pq.read_table(next(tmp_path.glob(f"*/{s}-*.parquet"))).to_pylist()
+              for s in ("train", "test", "test_order", "test_noisy")}
+    variant = lambda row: row["spk_id"].split("+")[1].rsplit("-p", 1)[0]
+    assert {variant(r) for r in tables["test_noisy"]} <= set(HELDOUT_VARIANTS)
+    assert not {variant(r) for s in ("train", "test") for r in tables[s]} & set(HELDOUT_VARIANTS)
+    assert {variant(r) for r in tables["train"]} <= set(TRAIN_VARIANTS)
+    assert [r["text"] for r in tables["test_noisy"]] == [r["text"] for r in tables["test"]]
+    assert all(a["wav"]["bytes"] != b["wav"]["bytes"] for a, b in zip(tables["test"], tables["test_noisy"]))
+    assert not {r["text"] for r in tables["test_order"]} & {r["text"] for r in tables["train"]}

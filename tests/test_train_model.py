@@ -8,7 +8,8 @@ import torch
 from train_fixtures import prepare_tiny, tiny_recipe
 
 from tatk.train.collate import Codec
-from tatk.train.stream import DataPosition, train_loader
+from tatk.train.position import DataPosition
+from tatk.train.stream import shard_sets, train_loader
 from tatk.errors import UserError
 from tatk.train.speechlm import AUDIO_TOKEN, FeatureNorm, build_model, render_prompt
 from tatk.model.projectors import PROJECTORS, build_projector
@@ -43,7 +44,7 @@ def tiny(tmp_path_factory):
     recipe = load_recipe(tmp / "r.toml", [])
     model = build_model(recipe, None, torch.float32)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
-    batch = next(iter(train_loader(recipe, codec, DataPosition(0, 1, 0), False)))
+    batch = next(iter(train_loader(recipe, codec, DataPosition(0, 1, 0, 0, [c for _, c, _ in shard_sets(recipe)]), False)))
     return model, {k: v for k, v in batch.items() if torch.is_tensor(v)}
 
 

@@ -51,6 +51,10 @@ def test_load_override_and_render_roundtrip(base, tmp_path):
     (["data.train.0.path=/nonexistent/shards"], "data.train[0].path: shard folder /nonexistent/shards does not exist"),
     (["data.val.split=dev"], "data.val.split:"),
     (["train.steps=0"], "train.steps: must be > 0"),
+    (["train.keep_best=loss"], "train.keep_best: 'loss' is not one of"),
+    (["data.max_bad_tars=-2"], "data.max_bad_tars: must be >= 0"),
+    (["eval.max_samples=-1"], "eval.max_samples: must be >= 0"),
+    (["eval.max_batches=5"], "eval.max_batches: unknown recipe key"),
 ])
 def test_bad_recipes_fail_with_the_key(base, tmp_path, overrides, message):
     path = write(tmp_path, tiny_recipe(base, tmp_path / "run"))

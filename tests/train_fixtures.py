@@ -136,7 +136,7 @@ def tiny_recipe(base: Path, run_dir: Path, **sections) -> str:
         "data": {"max_tokens": 512, "group_size": 16, "shuffle_buffer": 16, "round_shards": 2, "workers": 0},
         "optim": {"lr": 3e-3, "norm_lr": 3e-3, "warmup_steps": 5},
         "train": {"steps": 20, "log_every": 5, "eval_every": 0, "save_every": 10},
-        "eval": {"max_batches": 2, "wer_samples": 4, "max_new_tokens": 12},
+        "eval": {"max_samples": 16, "wer_samples": 4, "max_new_tokens": 12},
         "log": {"wandb": "off"},
     }
     for section, values in sections.items():
@@ -150,18 +150,30 @@ def tiny_recipe(base: Path, run_dir: Path, **sections) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _probe(recipe_path: str, out: str) -> None:
-    """Run ``tatk train`` in this process, recording the sample keys this rank trained on and its final
-    trainable weights to ``out`` (used by the multi-process test under ``accelerate launch``)."""
+def _probe(recipe_path: str, out: str, *args: str) -> None:
+    """Run ``tatk train`` in this process (``args``: "--resume", "--set key=value"), recording every step's training batches
+    as (step, sample keys, (set, epoch) origins, (worker, round)) and, at each checkpoint, this rank's
+    records and final trainable weights to ``out`` (used by the multi-process tests under ``accelerate launch``)."""
+    import os
+    import time
+
     import torch
 
     import tatk.train.loop as T
-    from tatk.train.collate import Codec
     from tatk.train.recipe import load_recipe
 
-    keys: list[str] = []
-    collate = Codec.collate
-    Codec.collate = lambda self, samples: (keys.extend(s.key for s in samples), collate(self, samples))[1]
+    records: list[dict] = []
+    events, steps = T.Trainer.data_events, []
+
+    def record(self, micro_batches):  # called once per step, before the step's micro-batches train
+        step = self.start + 1 + len(steps)
+        steps.append(step)
+        for b in micro_batches:
+            if "keys" in b:
+                records.append({"step": step, "keys": b["keys"], "origins": b["origins"], "position": b["position"][:2]})
+        return events(self, micro_batches)
+
+    T.Trainer.data_events = record
     save = T.save_checkpoint
 
     def save_and_dump(accelerator, *args):
@@ -169,16 +181,19 @@ def _probe(recipe_path: str, out: str) -> None:
         weights = accelerator.unwrap_model(accelerator._models[0]).trainable_state_dict()
         rank = accelerator.process_index
         torch.save(weights, Path(out) / f"weights-{rank}.pt")
-        (Path(out) / f"keys-{rank}.json").write_text(json.dumps(keys))
+        (Path(out) / f"keys-{rank}.json").write_text(json.dumps(records))
+        if str(args[3]) == os.environ.get("TATK_PROBE_HOLD_AT"):  # a test kills the run here, after checkpoint N
+            time.sleep(3600)
 
     T.save_checkpoint = save_and_dump
-    T.train(load_recipe(Path(recipe_path), []), resume=False)
+    overrides = [a for prev, a in zip(("",) + args, args) if prev == "--set"]
+    T.train(load_recipe(Path(recipe_path), overrides), resume="--resume" in args)
 
 
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] == "probe":
-        _probe(sys.argv[2], sys.argv[3])
+        _probe(sys.argv[2], sys.argv[3], *sys.argv[4:])
     else:
         print(prepare_tiny(Path(".")))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tatk.train.collate import Codec
-from tatk.train.stream import val_batches
+from tatk.train.validate import val_batches
 from tatk.train.speechlm import IGNORE, build_model
 from tatk.train.recipe import load_recipe
 from tatk.synthetic.sentences import make_splits
@@ -98,7 +98,7 @@ def main() -> None:
         stream, raw = val_batches(r, codec, 0, 1), []
         t = time.perf_counter()
         for _ in range(args.batches + 1):
-            raw.append(next(stream))
+            raw.append(next(stream)[0])
         if content == "audio" and train_encoder == "frozen":
             prep = (time.perf_counter() - t) / len(raw)
         batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in raw]

@@ -74,7 +74,7 @@ def main() -> None:
         for config, flags in CONFIGS.items():
             name = f"run{port}"
             recipe = tmp / f"{name}.toml"
-            overrides = {"data": {"workers": 0}, "eval": {"max_batches": 1, "wer_samples": 2, "max_new_tokens": 4},
+            overrides = {"data": {"workers": 0}, "eval": {"max_samples": 8, "wer_samples": 2, "max_new_tokens": 4},
                          "train": {"steps": args.steps, "save_every": args.steps, "log_every": 1, "eval_every": 0},
                          **sections}
             recipe.write_text(tiny_recipe(tmp, tmp / "runs" / name, **overrides))  # tmp/llm, tmp/shards/{train,val}

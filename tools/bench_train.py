@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from train_fixtures import tiny_recipe, write_shards  # noqa: E402
 
 from tatk.train.collate import Codec  # noqa: E402
-from tatk.train.stream import DataPosition, train_loader  # noqa: E402
+from tatk.train.position import DataPosition  # noqa: E402
+from tatk.train.stream import shard_sets, train_loader  # noqa: E402
 from tatk.train.speechlm import build_model  # noqa: E402
 from tatk.train.recipe import load_recipe  # noqa: E402
 from tatk.synthetic.tinyllm import build_tiny_llm  # noqa: E402
@@ -74,7 +75,8 @@ def main() -> None:
     recipe = load_recipe(tmp / "r.toml", [])
     model = build_model(recipe, None, torch.float32).to(device)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
-    stream = iter(train_loader(recipe, codec, DataPosition(0, 1, 0), False))
+    start = DataPosition(0, 1, 0, recipe.run.seed, [c for _, c, _ in shard_sets(recipe)])
+    stream = iter(train_loader(recipe, codec, start, False))
     raw = [next(stream) for _ in range(args.steps)]
     batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in raw]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -104,7 +106,7 @@ def main() -> None:
     # batcher: real-token fraction with length grouping vs the same budget in stream order
     real = sum(b["real_tokens"] for b in raw) / sum(b["padded_tokens"] for b in raw)
     ungrouped = load_recipe(tmp / "r.toml", ["data.group_size=1"])
-    plain = iter(train_loader(ungrouped, codec, DataPosition(0, 1, 0), False))
+    plain = iter(train_loader(ungrouped, codec, DataPosition(0, 1, 0, recipe.run.seed, [c for _, c, _ in shard_sets(recipe)]), False))
     rows, width, fill = [], 0, []
     for _ in range(600):  # group_size=1 gives single samples: pack them greedily in arrival order
         b = next(plain)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine (sets itself up first; no GPU, nothing downloaded):
-#   1. synthesize train/dev/test speech with espeak-ng in LoquaciousSet's parquet schema ($DIR/corpus);
+#   1. synthesize train/dev/test speech with espeak-ng in LoquaciousSet's parquet schema ($DIR/corpus), and two
+#      held-out test splits: test_order (word orders the grammar never makes) and test_noisy (unseen voices, noise);
 #   2. build a tiny random GLM-ASR-style encoder and a tiny random Qwen3-style decoder, whose character
 #      tokenizer is trained on the training text, with save_pretrained ($DIR/encoder, $DIR/llm);
-#   3. `tatk shard` train/dev/test through the encoder ($SHARDS);
+#   3. `tatk shard` every split through the encoder ($SHARDS);
 #   4. `accelerate launch tatk train recipes/demo.toml` (projector + whole decoder) → $DIR/asr;
-#   5. `tatk eval` on the held-out test split, `tatk export`, `tatk report` → $DIR/asr/report/.
+#   5. `tatk eval` on the three held-out test splits, `tatk export`, `tatk report` → $DIR/asr/report/.
 # Sizes come from the environment (defaults: the full demo; the CI test runs a small one):
 #   DEMO_TRAIN DEMO_DEV DEMO_TEST (utterances), DEMO_STEPS (training steps; default: the recipe's),
 #   DEMO_SEED, DEMO_DIR (default runs/demo), DEMO_SHARDS (default shards/demo-glmasr),
+#   DEMO_LISTEN=1 (train on scrambled word orders, 26 voices and noise: tools/synth_corpus.py --listen),
 #   DEMO_SET (extra recipe overrides, space-separated section.key=value, e.g. "data.max_tokens=1024").
 # Re-running with the same sizes reuses the corpus, models and finished shards and retrains from scratch.
 set -euo pipefail
@@ -30,17 +32,18 @@ stage() {  # stage NAME COMMAND...: run it, note its wall time
 }
 
 # A corpus of other sizes (or seed) invalidates everything built from it.
-sizes="train=$TRAIN dev=$DEV test=$TEST seed=$SEED"
+LISTEN=${DEMO_LISTEN:-0}
+sizes="train=$TRAIN dev=$DEV test=$TEST seed=$SEED listen=$LISTEN held-out=1"
 if [ "$(cat "$DIR/corpus/.sizes" 2>/dev/null)" != "$sizes" ]; then
     rm -rf "$DIR/corpus" "$DIR/llm" "$SHARDS"
     stage synthesize python tools/synth_corpus.py "$DIR/corpus" --layout parquet \
-        --train "$TRAIN" --dev "$DEV" --test "$TEST" --seed "$SEED"
+        --train "$TRAIN" --dev "$DEV" --test "$TEST" --seed "$SEED" --held-out $([ "$LISTEN" = 1 ] && echo --listen)
     echo "$sizes" > "$DIR/corpus/.sizes"
 fi
 [ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder"
 [ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.synthetic.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
     --tokenizer char --hidden 256 --layers 4
-for split in train dev test; do
+for split in train dev test test_order test_noisy; do
     stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \
         --encoder "$DIR/encoder" --out "$SHARDS"
 done
@@ -56,10 +59,12 @@ for item in ${DEMO_SET:-}; do overrides+=(--set "$item"); done
 rm -rf "$RUN"
 stage train accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     tatk train recipes/demo.toml ${overrides[@]+"${overrides[@]}"}
-stage eval tatk eval "$RUN" --data "$SHARDS" --split test --out "$RUN/eval-test"
+for split in test test_order test_noisy; do
+    stage "eval-$split" tatk eval "$RUN" --data "$SHARDS" --split "$split" --out "$RUN/eval-$split"
+done
 stage export tatk export "$RUN" "$DIR/export" --eval "$RUN/eval-test/summary.json"
-stage report tatk report "$RUN" --eval "$RUN/eval-test"
+stage report tatk report "$RUN" --eval "$RUN/eval-test" --eval "$RUN/eval-test_order" --eval "$RUN/eval-test_noisy"
 
-printf '%s\n' "${TIMES[@]}" | awk '{printf "%-14s %5d s\n", $1, $2; t += $2} END {printf "%-14s %5d s\n", "total", t}' \
+printf '%s\n' "${TIMES[@]}" | awk '{printf "%-16s %5d s\n", $1, $2; t += $2} END {printf "%-16s %5d s\n", "total", t}' \
     | tee "$RUN/report/timings.txt"
 echo "report: $RUN/report/report.md (training.png, eval-summary.json)   exported model: $DIR/export"

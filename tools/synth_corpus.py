@@ -1,9 +1,15 @@
 """Write a synthetic espeak-ng speech corpus (see ``tatk.synthetic.speech``).
 
-    python tools/synth_corpus.py OUT --layout parquet --train 200 --dev 20 --test 20 --seed 0
+    python tools/synth_corpus.py OUT --layout parquet --train 200 --dev 20 --test 20 --seed 0 [--rows-per-file 25]
 
 ``--layout parquet`` lays OUT out like the LoquaciousSet Hub repo (``load_dataset(OUT, "small")``);
 ``--layout folder`` writes ``OUT/<split>/metadata.csv`` next to the audio files.
+
+``--held-out`` adds two held-out splits that ask whether a model listens or recites its grammar:
+``test_order`` (the training vocabulary in word orders the grammar never produces) and ``test_noisy``
+(the ``test`` sentences spoken by 8 voices never heard in training, with noise at 15 dB SNR).
+``--listen`` changes training to teach listening: a share of training sentences in scrambled word order,
+26 voices instead of 12, and noise on a share of training clips.
 """
 
 import argparse
@@ -11,6 +17,7 @@ import time
 
 from tatk.synthetic.sentences import make_splits
 from tatk.synthetic.speech import write_corpus
+from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS, Speaking
 
 
 def main() -> None:
@@ -19,14 +26,30 @@ def main() -> None:
     parser.add_argument("--layout", choices=["parquet", "folder"], default="parquet")
     parser.add_argument("--train", type=int, default=200, help="train utterances")
     parser.add_argument("--dev", type=int, default=20, help="dev utterances")
-    parser.add_argument("--test", type=int, default=20, help="test utterances")
+    parser.add_argument("--test", type=int, default=20, help="test utterances (and test_order / test_noisy with --held-out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subset", default="small", help="config name of the parquet layout")
+    parser.add_argument("--rows-per-file", type=int, default=1000,
+                        help="rows per parquet file (each file is one unit of work for `tatk shard`)")
+    parser.add_argument("--held-out", action="store_true", help="add the test_order and test_noisy splits (--test each)")
+    parser.add_argument("--listen", action="store_true", help="scrambled sentences, 26 voices and noise in training")
+    parser.add_argument("--scrambled", type=float, default=0.3, help="with --listen: share of scrambled training sentences")
+    parser.add_argument("--train-noise", type=float, default=0.3,
+                        help="with --listen: share of training clips with noise at 10-30 dB SNR")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    splits = make_splits(args.train, args.dev, args.test, seed=args.seed)
-    seconds = write_corpus(args.out, splits, layout=args.layout, seed=args.seed, subset=args.subset)
+    listen, held_out = args.listen, args.held_out
+    splits = make_splits(args.train, args.dev, args.test, seed=args.seed, scrambled=args.scrambled if listen else 0.0,
+                         n_test_order=args.test if held_out else 0)
+    heard = Speaking(TRAIN_VARIANTS) if listen else Speaking()
+    speaking = {"train": Speaking(heard.variants, args.train_noise, (10.0, 30.0)) if listen else heard,
+                "dev": heard, "test": heard, "test_order": heard}
+    if held_out:
+        splits["test_noisy"] = splits["test"]  # the same sentences: only the voices and the noise change
+        speaking["test_noisy"] = Speaking(HELDOUT_VARIANTS, noise_share=1.0, snr_db=(15.0, 15.0))
+    seconds = write_corpus(args.out, splits, layout=args.layout, seed=args.seed, subset=args.subset,
+                           rows_per_shard=args.rows_per_file, speaking=speaking)
     n = sum(len(s) for s in splits.values())
     print(f"{args.out}: {n} utterances, {sum(seconds.values()) / 3600:.3f} hours "
           f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())}) in {time.perf_counter() - start:.1f}s")

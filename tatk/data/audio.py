@@ -19,7 +19,7 @@ from tatk.errors import first_line
 SAMPLE_RATE = 16_000
 
 # The reasons an utterance can be skipped; they are the keys of the manifest's "skipped" counts.
-SKIP_REASONS = ("unreadable", "truncated", "empty_audio", "nonfinite", "empty_text", "too_long", "too_short")
+SKIP_REASONS = ("unreadable", "truncated", "empty_audio", "nonfinite", "empty_text", "too_long", "too_short", "bad_row")
 
 
 class BadAudio(Exception):

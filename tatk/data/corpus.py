@@ -1,25 +1,27 @@
-"""Corpora: where utterances come from, as a stream of ``Row`` records in a fixed order.
+"""Corpora: where utterances come from, as ``Row`` records of units of work (see ``listing.py``).
 
 Three sources, one record type:
 
-- a Hub dataset by id, config and split, streamed (LoquaciousSet's schema by default: ``ID``,
-  ``duration``, ``wav`` as undecoded audio bytes, ``spk_id``, ``sex``, ``text``); a local folder laid
-  out like a Hub dataset repo goes through exactly the same ``load_dataset`` call;
+- a Hub dataset by id, config and split (LoquaciousSet's schema by default: ``ID``, ``duration``,
+  ``wav`` as undecoded audio bytes, ``spk_id``, ``sex``, ``text``), its parquet data files resolved by
+  ``datasets``; a local folder laid out like a Hub dataset repo goes through exactly the same call;
 - a local folder of parquet files in that schema;
-- a local folder with ``metadata.csv`` or ``*.jsonl`` listing ``file,text``.
+- a local folder with ``metadata.csv`` or ``*.jsonl`` listing ``file,text`` (or Hugging Face
+  audiofolder's ``file_name`` with ``text``, ``transcription`` or ``sentence``).
 
-Rows are numbered in stream order. That number is the resume position and the sample key, so the
-same input always gives the same shards.
+A row is named by its unit and its place in the unit: that is its sample key, so the same input
+always gives the same shards, however the units are spread over processes and workers.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tatk.data.listing import (Unit, hub_data_files, limit_units, listing_header, listing_units, parquet_rows,
+                               parquet_units, read_unit)
 
 from tatk.errors import UserError, first_line
 
@@ -30,18 +32,20 @@ TEXT_TRANSFORMS = {"lower": str.lower, "upper": str.upper, "none": lambda s: s}
 class Row:
     """One input utterance, not yet decoded."""
 
-    index: int  # position in the stream: resume point and key prefix
+    unit: int  # the unit of work it belongs to
+    index: int  # position in its unit
     id: str
     audio: bytes | str  # encoded bytes, or a file path
     text: str  # already transformed (e.g. lower-cased)
     speaker: str
     duration: float | None  # as stated by the corpus, used to catch truncated files
     source: str
+    bad: str = ""  # set when the listing row itself is missing or malformed (skipped as bad_row)
 
     @property
     def key(self) -> str:
-        """WebDataset key: unique (index prefix) and free of the dots WebDataset splits on."""
-        return f"{self.index:09d}_" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.id)[:80]
+        """WebDataset key: unique (unit and row prefix), sorts in corpus order, free of the dots WebDataset splits on."""
+        return f"{self.unit:05d}-{self.index:07d}_" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.id)[:80]
 
 
 @dataclass
@@ -59,10 +63,21 @@ class CorpusSpec:
     text_transform: str = "lower"
 
 
-class Corpus:
-    """An opened corpus: columns are checked on construction, before any heavy work."""
 
-    def __init__(self, spec: CorpusSpec):
+# Column names people use for a listing's audio file and its transcript, after the ones asked for
+# (Hugging Face audiofolder: file_name; Common Voice: sentence; many ASR sets: transcription).
+AUDIO_FALLBACKS = ("file_name", "file")
+TEXT_FALLBACKS = ("transcription", "sentence")
+
+
+class Corpus:
+    """An opened corpus: its units are listed and its columns checked on construction, before any heavy work.
+
+    ``max_rows`` keeps only the units covering the first that many rows (for trials); ``revision`` pins
+    a Hub dataset's commit.
+    """
+
+    def __init__(self, spec: CorpusSpec, max_rows: int | None = None, revision: str | None = None):
         if (spec.dataset is None) == (spec.local is None):
             raise UserError("give exactly one of --dataset and --local")
         if spec.text_transform not in TEXT_TRANSFORMS:
@@ -71,103 +86,105 @@ class Corpus:
         self.transform = TEXT_TRANSFORMS[spec.text_transform]
         if spec.dataset is not None:
             self.name = spec.dataset
-            self._records = self._open_datasets(spec.dataset, spec.subset)
+            files, features = hub_data_files(spec.dataset, spec.subset, spec.split, revision)
+            self._open_parquet(spec.dataset, files, features, max_rows)
         else:
             self.name = str(spec.local)
-            self._records = self._open_local(Path(spec.local))
+            self._open_local(Path(spec.local), max_rows)
 
     # -- sources ---------------------------------------------------------------------------------
-    def _open_datasets(self, dataset: str, subset: str | None, data_files: list[str] | None = None):
-        from datasets import Audio, load_dataset
+    def _open_parquet(self, name: str, files: list[str], features, max_rows: int | None) -> None:
+        self.units = limit_units(parquet_units(files), max_rows)
+        if not self.units:
+            raise UserError(f"{name!r}: split {self.spec.split!r} has no data files")
+        if features is not None:
+            columns = list(features)
+        else:  # no features in the card: the first file's parquet footer names them
+            import fsspec
+            import pyarrow.parquet as pq
 
-        spec = self.spec
-        looks_local = dataset.startswith((".", "/", "~")) or Path(dataset).exists()
-        if looks_local and not Path(dataset).expanduser().exists():
-            raise UserError(f"--dataset {dataset!r}: no such folder")
-        try:
-            if data_files is not None:
-                ds = load_dataset("parquet", data_files={spec.split: data_files}, split=spec.split, streaming=True)
-            else:
-                ds = load_dataset(dataset, subset, split=spec.split, streaming=True)
-        except Exception as e:
-            raise UserError(f"dataset {dataset!r} (config {subset!r}, split {spec.split!r}) cannot be opened: {first_line(e, 300)}") from None
-        columns = list(ds.features) if ds.features is not None else list(next(iter(ds)).keys())
-        for option, column in (("--audio-column", spec.audio_column), ("--text-column", spec.text_column)):
+            with fsspec.open(self.units[0].path, "rb") as f:
+                columns = pq.ParquetFile(f).schema_arrow.names
+        self.audio_col, self.text_col = self.spec.audio_column, self.spec.text_column
+        for option, column in (("--audio-column", self.audio_col), ("--text-column", self.text_col)):
             if column not in columns:
-                raise UserError(f"{option} {column!r} is not a column of {dataset!r}; columns are {columns}")
-        if ds.features is not None and isinstance(ds.features[spec.audio_column], Audio):
-            # Keep the encoded bytes: we decode with soundfile + soxr ourselves, in worker processes.
-            ds = ds.cast_column(spec.audio_column, Audio(decode=False))
+                raise UserError(f"{option} {column!r} is not a column of {name!r}; columns are {columns}")
 
-        def records() -> Iterator[dict]:
-            for row in ds:
-                audio = row[spec.audio_column]
-                if isinstance(audio, dict):
-                    audio = audio.get("bytes") or audio.get("path")
-                yield dict(
-                    id=row.get(spec.id_column), audio=audio, text=row[spec.text_column],
-                    speaker=row.get(spec.speaker_column), duration=row.get("duration"), source=dataset,
-                )
-
-        return records
-
-    def _open_local(self, root: Path):
+    def _open_local(self, root: Path, max_rows: int | None) -> None:
         if not root.is_dir():
             raise UserError(f"--local {str(root)!r}: no such folder")
         if (root / self.spec.split).is_dir():
             root = root / self.spec.split
-        manifests = [root / "metadata.csv"] if (root / "metadata.csv").exists() else sorted(root.glob("*.jsonl"))
-        if manifests:
-            return self._open_listing(root, manifests)
+        listings = [root / "metadata.csv"] if (root / "metadata.csv").exists() else sorted(root.glob("*.jsonl"))
+        if listings:
+            self.root = root
+            self.units = listing_units(listings, max_rows)
+            self._listing_columns(listings[0])
+            return
         parquet = sorted(str(p) for p in root.rglob("*.parquet"))
         if not parquet:
             raise UserError(f"--local {str(root)!r}: found no metadata.csv, *.jsonl or *.parquet")
         # A folder of several splits: keep the files named for ours.
         ours = [p for p in parquet if re.search(rf"(^|[/_.-]){re.escape(self.spec.split)}([/_.-]|$)", p[len(str(root)):])]
-        return self._open_datasets(str(root), None, data_files=ours or parquet)
+        self._open_parquet(str(root), ours or parquet, None, max_rows)
 
-    def _open_listing(self, root: Path, manifests: list[Path]):
-        def lines(path: Path) -> Iterator[dict]:
-            with open(path, newline="", encoding="utf-8") as f:
-                if path.suffix == ".csv":
-                    yield from csv.DictReader(f)
-                else:
-                    for n, line in enumerate(f, 1):
-                        if line.strip():
-                            try:
-                                yield json.loads(line)
-                            except json.JSONDecodeError:
-                                raise UserError(f"{path}:{n}: not a JSON line") from None
+    def _listing_columns(self, first: Path) -> None:
+        header = listing_header(self.units[0]) if self.units else []
+        spec = self.spec
+        audio = [spec.audio_column, *AUDIO_FALLBACKS]
+        # Fall back to other text columns only when --text-column was left at its default.
+        text = [spec.text_column, *TEXT_FALLBACKS] if spec.text_column == "text" else [spec.text_column]
+        found = [next((c for c in names if c in header), None) for names in (audio, text)]
+        for names, col in zip((audio, text), found):
+            if header and col is None:
+                raise UserError(f"{first}: no {' / '.join(repr(c) for c in names)} column (has {header})")
+        self.audio_col, self.text_col = found
 
-        first = next(lines(manifests[0]), {})
-        audio_col = self.spec.audio_column if self.spec.audio_column in first else "file"
-        text_col = self.spec.text_column
-        for column in (audio_col, text_col):
-            if first and column not in first:
-                raise UserError(f"{manifests[0]}: no {column!r} column (has {list(first)})")
+    # -- rows ------------------------------------------------------------------------------------
+    def unit_rows(self, unit: Unit, counter=None) -> Iterator[Row]:
+        """The rows of one unit, in order; malformed listing rows come back with ``bad`` set."""
+        spec = self.spec
+        columns = [self.audio_col, self.text_col, spec.id_column, spec.speaker_column, "duration"]
+        listing = unit.kind != "parquet"
+        for k, r in enumerate(read_unit(unit, columns, counter)):
+            row = Row(unit.index, k, str(k), b"", "", "", None, self.name)
+            try:
+                if "_bad" in r:
+                    raise ValueError(r["_bad"])
+                audio = r[self.audio_col]
+                if isinstance(audio, dict):
+                    audio = audio.get("bytes") or audio.get("path")
+                if not audio:
+                    raise ValueError(f"no audio in column {self.audio_col!r}")
+                ident = r.get(spec.id_column) or (str(Path(audio).with_suffix("")) if listing else None)
+                row.id = str(ident if ident is not None else unit.first + k)
+                row.audio = str(self.root / audio) if listing else audio
+                row.source = row.audio if listing else self.name
+                row.text = " ".join(self.transform(r[self.text_col] or "").split())
+                row.speaker = str(r.get(spec.speaker_column) or r.get("speaker") or "")
+                row.duration = float(r["duration"]) if r.get("duration") else None
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                row.bad = f"row {unit.first + k + 1} of {unit.path}: {first_line(e) if not isinstance(e, KeyError) else f'no {e} column'}"
+                row.audio = b""
+            yield row
 
-        def records() -> Iterator[dict]:
-            for path in manifests:
-                for row in lines(path):
-                    file = root / row[audio_col]
-                    yield dict(
-                        id=row.get(self.spec.id_column) or str(Path(row[audio_col]).with_suffix("")),
-                        audio=str(file), text=row[text_col], speaker=row.get(self.spec.speaker_column) or row.get("speaker"),
-                        duration=float(row["duration"]) if row.get("duration") else None, source=str(file),
-                    )
+    def count(self, limit: int | None = None, units: list[Unit] | None = None) -> int | None:
+        """Input rows of ``units`` (default: all) when known without reading audio (listing blocks, the
+        footers of local parquet files), capped at ``limit``; None when one is unknown (a remote file:
+        a progress total is a nicety, never worth a download)."""
+        total = 0
+        for u in self.units if units is None else units:
+            if u.rows is None and "://" in u.path:
+                return None
+            total += u.rows if u.rows is not None else parquet_rows(u.path)
+        return total if limit is None else min(total, limit)
 
-        return records
-
-    # -- the stream ------------------------------------------------------------------------------
-    def rows(self, start: int = 0, rank: int = 0, world: int = 1, limit: int | None = None) -> Iterator[Row]:
-        """Rows with ``index >= start`` and ``index % world == rank``, the first ``limit`` input rows at most."""
-        for index, r in enumerate(self._records()):
-            if limit is not None and index >= limit:
-                return
-            if index < start or index % world != rank:
-                continue
-            yield Row(
-                index=index, id=str(r["id"] if r["id"] is not None else index), audio=r["audio"],
-                text=" ".join(self.transform(r["text"] or "").split()), speaker=str(r["speaker"] or ""),
-                duration=float(r["duration"]) if r["duration"] else None, source=r["source"],
-            )
+    def rows(self, limit: int | None = None) -> Iterator[Row]:
+        """Every row of every unit in listing order, the first ``limit`` at most (malformed rows included)."""
+        n = 0
+        for unit in self.units:
+            for row in self.unit_rows(unit):
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield row

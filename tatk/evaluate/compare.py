@@ -41,7 +41,9 @@ def compare(a: Path, b: Path) -> dict:
     for col in ("", "A", "B", "B − A"):
         table.add_column(col, justify="left" if not col else "right")
     result: dict = {}
-    for key, label, fmt in (("wer", "WER", "{:.2%}"), ("sub", "substitutions", "{:,}"), ("del", "deletions", "{:,}"),
+    kind = lambda s: " (baseline)" if s.get("model_kind") == "transformers" else ""  # noqa: E731
+    table.add_row("model", escape(Path(str(sa.get("model", "?"))).name + kind(sa)), escape(Path(str(sb.get("model", "?"))).name + kind(sb)), "")
+    for key, label, fmt in (("wer", "WER", "{:.2%}"), ("cer", "CER", "{:.2%}"), ("sub", "substitutions", "{:,}"), ("del", "deletions", "{:,}"),
                             ("ins", "insertions", "{:,}"), ("ref_words", "reference words", "{:,}"),
                             ("n", "utterances", "{:,}"), ("audio_hours", "audio hours", "{:.3f}"), ("rtfx", "RTFx", "{:.1f}")):
         va, vb = sa.get(key), sb.get(key)
@@ -50,7 +52,7 @@ def compare(a: Path, b: Path) -> dict:
         delta = vb - va
         result[key] = delta
         sign = "+" if delta > 0 else ""
-        shown = f"{sign}{delta * 100:.2f} pts" if key == "wer" else sign + fmt.format(delta)
+        shown = f"{sign}{delta * 100:.2f} pts" if key in ("wer", "cer") else sign + fmt.format(delta)
         table.add_row(label, fmt.format(va), fmt.format(vb), shown)
     ea, eb = _load_errors(pa), _load_errors(pb)
     if ea is not None and eb is not None:

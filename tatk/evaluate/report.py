@@ -8,6 +8,10 @@
 - ``report.md``: the headline numbers, the plot, and the 10 worst and 10 best utterances (reference
   vs hypothesis) from ``tatk eval``'s ``utterances.jsonl``.
 
+Given several ``tatk eval`` folders (e.g. the in-grammar test split and held-out splits of unseen word
+orders or unseen voices), the report also sets their WERs side by side: a table in ``report.md``, a bar
+chart ``held-out.png`` and ``eval-summaries.json``; the worst and best utterances are the first folder's.
+
 Nothing is recomputed: re-running the command on the same logs gives the same files.
 """
 
@@ -40,6 +44,18 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [last[s] for s in steps]
 
 
+def _save(fig, out: Path) -> Path:
+    """Write a matplotlib figure as a PNG to ``out`` atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
 def plot_training(records: list[dict], out: Path) -> Path:
     """Training loss (left) and validation WER and loss (right) against steps, written as a PNG to ``out``."""
     import matplotlib
@@ -63,12 +79,7 @@ def plot_training(records: list[dict], out: Path) -> Path:
         twin.plot(steps, val_loss, "s--", color="tab:gray", label="validation loss")
         twin.set_ylabel("validation loss")
         right.legend(handles=right.get_lines() + twin.get_lines(), loc="upper right")
-    fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out)
 
 
 def find_eval(run_dir: Path) -> Path | None:
@@ -95,20 +106,57 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(run_dir: str | Path, eval_dir: str | Path | None = None) -> Path:
+def plot_splits(names: list[str], wers: list[float], out: Path) -> Path:
+    """A bar chart of WER (%) per evaluated split, written as a PNG to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5), dpi=100)
+    bars = ax.bar(names, [100 * w for w in wers], color="tab:red")
+    ax.bar_label(bars, fmt="%.1f %%")
+    ax.set(title="held-out WER", ylabel="WER (%)")
+    ax.set_ylim(bottom=0)
+    return _save(fig, out)
+
+
+def _splits_section(evals: list[tuple[Path, dict]], out: Path) -> list[str]:
+    """The side-by-side table of several evaluations (and its plot), as report lines."""
+    names = [f"{s.get('split', '?')}" for _, s in evals]
+    if len(set(names)) < len(names):  # the same split of different data: name them by folder instead
+        names = [p.name for p, _ in evals]
+    plot_splits(names, [s["wer"] for _, s in evals], out / "held-out.png")
+    summaries = {n: s for n, (_, s) in zip(names, evals)}
+    atomic_write_text(out / "eval-summaries.json", json.dumps(summaries, indent=1) + "\n")
+    first = evals[0][1]["wer"]
+    lines = ["## Held-out splits side by side", "", "| split | data | utterances | WER | vs " + names[0] + " |",
+             "|---|---|---|---|---|"]
+    for name, (path, s) in zip(names, evals):
+        lines.append(f"| {name} | {s.get('data', path)} | {s['n']} | {100 * s['wer']:.2f} % | "
+                     f"{100 * (s['wer'] - first):+.2f} |")
+    return [*lines, "", "![WER per held-out split](held-out.png)", ""]
+
+
+def write_report(run_dir: str | Path, eval_dirs: list[str | Path] | str | Path | None = None) -> Path:
     """Write ``<run>/report/`` (see the module docstring) and return its path.
 
-    ``eval_dir`` is a ``tatk eval`` output folder; None takes the newest one inside the run (see
-    ``find_eval``), and with none at all the report holds the training curves only.
+    ``eval_dirs``: ``tatk eval`` output folders (one, or several to set side by side); None takes the
+    newest one inside the run (see ``find_eval``), and with none at all the report holds the training
+    curves only.
     """
     run = Path(run_dir)
     records = read_metrics(run)
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     plot_training(records, out / "training.png")
-    eval_path = Path(eval_dir) if eval_dir is not None else find_eval(run)
-    if eval_dir is not None and not eval_path.is_dir():
-        raise UserError(f"--eval {eval_path}: no such folder")
+    if isinstance(eval_dirs, (str, Path)):
+        eval_dirs = [eval_dirs]
+    paths = [Path(d) for d in eval_dirs] if eval_dirs else [p for p in [find_eval(run)] if p is not None]
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"--eval {path}: no such folder")
+    evals = [(path, *_read_eval(path)) for path in paths]  # every folder checked before anything is written
 
     steps, loss = _series(records, "loss")
     lines = [f"# Report: {run}", ""]
@@ -120,10 +168,12 @@ def write_report(run_dir: str | Path, eval_dir: str | Path | None = None) -> Pat
         lines.append(f"Validation WER during training: {100 * wer[-1]:.1f} % at step {wsteps[-1]} "
                      f"(best {100 * min(wer):.1f} %).")
     lines += ["", "![training loss and validation WER](training.png)", ""]
-    if eval_path is None:
+    if not evals:
         lines.append("No `tatk eval` output found: run `tatk eval` and then `tatk report RUN --eval DIR`.")
     else:
-        summary, rows = _read_eval(eval_path)
+        if len(evals) > 1:
+            lines += _splits_section([(p, s) for p, s, _ in evals], out)
+        eval_path, summary, rows = evals[0]
         atomic_write_text(out / "eval-summary.json", json.dumps(summary, indent=1) + "\n")
         worst = sorted(rows, key=lambda r: -r["errors"])[:N_SHOWN]  # stable: ties keep eval's order
         best = sorted(rows, key=lambda r: r["errors"])[:N_SHOWN]

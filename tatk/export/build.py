@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from tatk.errors import UserError, first_line
+from tatk.export.aligner import bundle_aligner, check_aligner, config_fields
 from tatk.export.card import is_hub_id, model_card
 
 HUB_DIR = Path(__file__).parents[1] / "model"
 CODE_FILES = ("configuration_tatk.py", "modeling_tatk.py", "pipeline_tatk.py", "encoder.py", "projectors.py", "mixtures.py",
-              "qformer.py", "speech.py")
+              "qformer.py", "speech.py", "align.py")
 AUTO_MAP = {"AutoConfig": "configuration_tatk.TatkAsrConfig", "AutoModel": "modeling_tatk.TatkAsrModel"}
 CUSTOM_PIPELINES = {"automatic-speech-recognition": {"impl": "pipeline_tatk.TatkAsrPipeline", "pt": ["AutoModel"], "type": "audio"}}
 REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json", *CODE_FILES)
@@ -124,9 +125,23 @@ def _prepare_out(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, eval_summary: str | Path | None = None,
-           license: str = "apache-2.0") -> Path:
-    """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder."""
+def _local_folder(name: str) -> str | None:
+    """``name`` as an absolute path when it is a local folder (not a Hub id, not "mel:N"), else None."""
+    if name == "mel" or name.startswith("mel:"):
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else None
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = None, eval_summary: str | Path | None = None,
+           license: str = "apache-2.0", aligner: str | None = None) -> Path:
+    """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder.
+
+    ``merged=None`` (the default) stores every weight when a base model is a local folder, since a folder does not
+    travel with the export (another machine, another working directory); Hub-id bases stay references.
+    ``merged=False`` keeps references even to folders, recorded as absolute paths.
+    ``aligner``: a CTC model's Hub id or folder for word timestamps (a folder is copied into the export).
+    """
     from safetensors.torch import save_file
     from transformers import AutoConfig, WhisperFeatureExtractor
 
@@ -138,28 +153,35 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, ev
 
     out = Path(out_dir)
     summary = _read_summary(eval_summary)
+    aligner_choice = check_aligner(aligner) if aligner else None
     read_weights(resolve(checkpoint))  # a missing or corrupt checkpoint fails here, in one line, before any loading
     recipe, model = load_trained(checkpoint)
     weights, scale, enc_scale = _trained_weights(recipe, model)
     name = recipe.features.encoder
+    local = {n: _local_folder(n) for n in (name, recipe.model.llm)}
+    if merged is None:
+        merged = any(local.values())
     if name == "mel" or name.startswith("mel:"):
         n_mels = int(name.split(":")[1]) if ":" in name else 80
         encoder, kind, extractor, enc_rev = None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "log-mel"
+        window = "fit"
     else:
-        frozen = FrozenEncoder(name, dtype="float32", network=merged)
-        encoder, kind, extractor = frozen.model, frozen.kind, frozen.extractor
+        frozen = FrozenEncoder(name, dtype="float32", network=merged, window=recipe.features.window or None)
+        encoder, kind, extractor, window = frozen.model, frozen.kind, frozen.extractor, frozen.window
         enc_rev = _encoder_revision(recipe, frozen.info.revision)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
-    cfg = TatkAsrConfig(
-        encoder=name, encoder_revision=enc_rev, encoder_kind=kind, feature_dim=recipe.features.dim,
-        normalize=recipe.features.normalize, llm=recipe.model.llm, llm_revision=llm_rev,
+    cfg = TatkAsrConfig(  # local bases by absolute path: where they came from (merged) or where to load them from
+        encoder=local[name] or name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window,
+        feature_dim=recipe.features.dim, normalize=recipe.features.normalize, llm=local[recipe.model.llm] or recipe.model.llm,
+        llm_revision=llm_rev,
         llm_hidden=model.llm.get_input_embeddings().embedding_dim, projector_kind=recipe.projector.kind,
         projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden,
         projector_options=model_options(recipe.projector), decoder=recipe.model.decoder,
         lora_scale=scale, encoder_lora_scale=enc_scale, prompt_prefix=lay.prefix, prompt_suffix=lay.suffix, audio_token_id=lay.audio_id,
         end_token_id=lay.end_id, pad_token_id=lay.pad_id, max_new_tokens=recipe.eval.max_new_tokens, merged=merged,
         auto_map=AUTO_MAP, custom_pipelines=CUSTOM_PIPELINES, architectures=["TatkAsrModel"],
+        **config_fields(aligner_choice),
     )
     tmp = _prepare_out(out)
     try:
@@ -179,6 +201,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool = False, ev
             shutil.copyfile(HUB_DIR / f, tmp / f)
         extractor.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
+        if aligner_choice:
+            bundle_aligner(aligner_choice, tmp)
         card_name = out.name if not is_hub_id(str(out)) else str(out)
         (tmp / "README.md").write_text(model_card(cfg, recipe, _datasets(recipe), license, summary, card_name))
         if out.exists():

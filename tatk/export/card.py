@@ -13,6 +13,24 @@ def is_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
 
 
+def _word_timestamps(cfg) -> str:
+    """The card's line on word timestamps: with the export's aligner, or how to get them without one."""
+    if not getattr(cfg, "aligner", ""):
+        return ('# word timestamps: exported without `tatk export --aligner`; give a CTC model per call:\n'
+                'asr("speech.wav", return_timestamps="word", aligner="facebook/wav2vec2-base-960h")["chunks"]')
+    where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
+    return f'asr("speech.wav", return_timestamps="word")["chunks"]  # words, (start, end) s: forced alignment with {where}'
+
+
+def _word_timestamps_support(cfg) -> str:
+    """The card's list item on word timestamps."""
+    if not getattr(cfg, "aligner", ""):
+        return ('Word timestamps: `return_timestamps="word"` with a CTC model given per call (`aligner=`); this export '
+                "has none of its own (`tatk export --aligner`).")
+    where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
+    return f'Word timestamps: `return_timestamps="word"`, by CTC forced alignment of the transcript with {where}.'
+
+
 def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
     """README.md with Hub metadata (YAML; values are JSON-quoted, which YAML reads as-is)."""
     q = json.dumps
@@ -55,10 +73,22 @@ asr("speech.wav")["text"]
 asr({{"raw": wave, "sampling_rate": 44100}})            # any rate, resampled to 16 kHz
 asr(["a.wav", "b.flac"], batch_size=8)                  # batched
 asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g} s is cut at pauses
+{_word_timestamps(cfg)}
 ```
 
 Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
-Decoding is greedy, at most {cfg.max_new_tokens} new tokens per chunk (`max_new_tokens=` to change).
+
+## What it supports
+
+- Decoding: greedy by default, at most {cfg.max_new_tokens} new tokens per chunk; `max_new_tokens=`,
+  beam search with `num_beams=` and `length_penalty=`, `repetition_penalty=`, `no_repeat_ngram_size=`
+  (as keywords or in `generate_kwargs`); no sampling.
+- Streaming text: `streamer=TextIteratorStreamer(asr.tokenizer, skip_prompt=True, skip_special_tokens=True)`
+  (greedy, one clip at a time); long audio streams all its chunks.
+- Inputs: file paths, encoded bytes, arrays at any sampling rate, lists with `batch_size`; audio longer than
+  {cfg.chunk_seconds:g} s is cut at pauses (`return_timestamps=True` gives the chunks' times).
+- {"Self-contained: every weight is in this repository." if cfg.merged else "Loads its base encoder and LLM from their own repositories."}
+- {_word_timestamps_support(cfg)}
 """
     if summary:
         body += f"""

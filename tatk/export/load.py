@@ -25,12 +25,12 @@ def load_pipeline(model: str, device: str = "cpu"):
     def build(where: str):
         try:
             return pipeline("automatic-speech-recognition", model=where, trust_remote_code=True, device=device, dtype=dtype)
-        except OSError as e:
+        except (OSError, LookupError) as e:  # LookupError: a base model the export names is missing (MissingBaseModel)
             raise UserError(f"{model}: cannot load the model ({first_line(e)})") from None
 
     if path.is_dir() and (path / "recipe.toml").is_file():
         with tempfile.TemporaryDirectory(prefix="tatk-export-") as tmp:
-            return build(str(export(path, Path(tmp) / "model")))
+            return build(str(export(path, Path(tmp) / "model", merged=False)))  # references: no copy of the bases
     if path.is_dir():
         check_export(path)
     return build(model)

@@ -26,7 +26,7 @@ def check_export(folder: str | Path) -> list[tuple[str, int]]:
         raise UserError(f"{folder / 'config.json'}: not valid JSON ({first_line(e)})") from None
     if config.get("auto_map", {}).get("AutoModel") != AUTO_MAP["AutoModel"] or "custom_pipelines" not in config:
         raise UserError(f"{folder / 'config.json'}: no tatk auto_map / custom_pipelines (not written by tatk export)")
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(folder.rglob("*.safetensors")):  # the aligner/ subfolder's too
         try:
             with safe_open(str(f), "pt"):  # checks the header against the file's size
                 pass
@@ -46,11 +46,6 @@ def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: 
     if dry_run:
         return files
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalTokenNotFoundError,
-        OfflineModeIsEnabled,
-    )
 
     api = HfApi()
     try:
@@ -59,12 +54,43 @@ def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: 
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, revision=revision, commit_message=message,
                           ignore_patterns=[".*", "**/.*"])
-    except OfflineModeIsEnabled:
-        raise UserError("cannot push: HF_HUB_OFFLINE is set (unset it to reach the Hub)") from None
-    except LocalTokenNotFoundError:
-        raise UserError("cannot push: no Hugging Face token (set HF_TOKEN or run `hf auth login`)") from None
-    except HfHubHTTPError as e:
-        raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
-    except (OSError, ValueError) as e:  # connection failures, bad repo ids
-        raise UserError(f"cannot push to {repo_id}: {first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001  every failure becomes one line; push_error re-raises what it does not know
+        raise push_error(e, repo_id, revision) from None
     return files
+
+
+def push_error(e: Exception, repo_id: str, revision: str | None) -> UserError:
+    """One ``error:`` line for a failed upload: no network, a rejected or read-only token, a missing repository
+    or revision, another HTTP error. The token never appears (scrubbed from the server's text, too). Exceptions
+    that are not about the Hub or the network are re-raised: they are bugs, and their traceback is wanted."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"cannot push to {repo_id}"
+    if isinstance(e, OfflineModeIsEnabled):
+        why = "HF_HUB_OFFLINE is set (unset it to reach the Hub)"
+    elif isinstance(e, LocalTokenNotFoundError):
+        why = "no Hugging Face token (set HF_TOKEN or run `hf auth login`)"
+    elif isinstance(e, RevisionNotFoundError):
+        why = f"revision {revision or 'main'!r} not found"
+    elif isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else None
+        why = {401: "the token was rejected (401: invalid or expired; set HF_TOKEN or run `hf auth login`)",
+               403: "the token may not write there (403: read-only token, or not your namespace; use a write token)",
+               }.get(status) or ("repository not found, or the token cannot see it (404)" if isinstance(e, RepositoryNotFoundError)
+                                 or status == 404 else f"the Hub answered {status}: {first_line(e)}")
+    elif isinstance(e, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        why = f"cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {first_line(e)})"
+    elif isinstance(e, (OSError, ValueError, httpx2.HTTPError)):  # local files, bad repo ids
+        why = first_line(e)
+    else:
+        raise e
+    token = get_token()
+    return UserError(f"{where}: {why.replace(token, '***') if token else why}")

@@ -120,15 +120,12 @@ def push_space(model_id: str, space_id: str, private: bool = False, license: str
 
 def _upload(folder: str, space_id: str, private: bool, message: str) -> None:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    from tatk.export.push import push_error
 
     api = HfApi()
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space", commit_message=message)
-    except OfflineModeIsEnabled:
-        raise UserError("cannot push the Space: HF_HUB_OFFLINE is set (unset it to reach the Hub)") from None
-    except LocalTokenNotFoundError:
-        raise UserError("cannot push the Space: no Hugging Face token (set HF_TOKEN or run `hf auth login`)") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:  # refusals, connection failures
-        raise UserError(f"cannot push the Space {space_id}: {first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001  one line for network, token, repository errors (push_error)
+        raise push_error(e, f"the Space {space_id}", None) from None

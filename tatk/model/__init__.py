@@ -12,5 +12,6 @@ optional audio libraries (soundfile, soxr) are imported inside ``try`` blocks wh
 - ``encoder``             frozen encoder front ends: waveform → model input → features;
 - ``configuration_tatk``  the exported model's ``PretrainedConfig``;
 - ``modeling_tatk``       the exported model: base encoder + LLM loaded by id, trained weights applied;
+- ``align``               word timestamps: CTC forced alignment (Viterbi) of a transcript with a CTC aligner;
 - ``pipeline_tatk``       the ``automatic-speech-recognition`` pipeline (audio loading, chunking, batching).
 """

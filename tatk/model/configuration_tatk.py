@@ -20,6 +20,7 @@ class TatkAsrConfig(PretrainedConfig):
         encoder: str = "",  # encoder Hub id or folder, or "mel:N" (log-mel, no network)
         encoder_revision: str = "",
         encoder_kind: str = "mel",  # glmasr | whisper | hubert | wav2vec2 | ... | mel
+        encoder_window: str = "",  # 30s | fit: how clips are padded before the encoder, as in the shards; "": kind's default
         feature_dim: int = 0,  # encoder frame size D
         normalize: str = "utterance",  # none | utterance | global (statistics in the weights)
         llm: str = "",  # causal LM Hub id or folder
@@ -42,10 +43,14 @@ class TatkAsrConfig(PretrainedConfig):
         merged: bool = False,
         encoder_config: dict | None = None,  # merged: the encoder network's config (to_dict())
         llm_config: dict | None = None,  # merged: the LLM's config (to_dict())
+        aligner: str = "",  # CTC model for word timestamps (Hub id, or the folder it was copied from); "": none
+        aligner_revision: str = "",
+        aligner_subfolder: str = "",  # set when the aligner was copied into the export (a local folder's)
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.encoder, self.encoder_revision, self.encoder_kind = encoder, encoder_revision, encoder_kind
+        self.encoder_window = encoder_window
         self.feature_dim, self.normalize = feature_dim, normalize
         self.llm, self.llm_revision, self.llm_hidden = llm, llm_revision, llm_hidden
         self.projector_kind, self.projector_stack, self.projector_hidden = projector_kind, projector_stack, projector_hidden
@@ -55,3 +60,4 @@ class TatkAsrConfig(PretrainedConfig):
         self.audio_token_id, self.end_token_id, self.pad_token_id = audio_token_id, end_token_id, pad_token_id
         self.max_new_tokens, self.chunk_seconds = max_new_tokens, chunk_seconds
         self.merged, self.encoder_config, self.llm_config = merged, encoder_config, llm_config
+        self.aligner, self.aligner_revision, self.aligner_subfolder = aligner, aligner_revision, aligner_subfolder

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 SAMPLE_RATE = 16_000
+MEL_PER_SECOND = 100  # Whisper-style log-mel: one frame per 160 samples
+WINDOWS = ("30s", "fit")
 WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 MODEL_TYPES = ("glmasr", "glmasr_encoder", "whisper") + WAVEFORM_TYPES
 
@@ -28,6 +30,33 @@ def conv_out(n: int) -> int:
 def encoder_kind(model_type: str) -> str:
     """tatk's kind for a transformers ``model_type`` (GLM-ASR's composite and encoder-only types are one kind)."""
     return "glmasr" if model_type.startswith("glmasr") else model_type
+
+
+def windows_for(kind: str) -> tuple[str, ...]:
+    """The encoding windows a kind of encoder supports, its default first.
+
+    GLM-ASR uses rotary positions, so it accepts any length: ``30s`` pads every clip to a 30-s window (its
+    official processor's behaviour), ``fit`` pads each clip only up to its next whole second. Whisper's
+    positions are absolute (always 30 s); waveform encoders and ``mel`` always encode the clip's own length.
+    """
+    if kind == "glmasr":
+        return WINDOWS
+    return ("30s",) if kind == "whisper" else ("fit",)
+
+
+def window_error(kind: str, window: str) -> str | None:
+    """Why ``window`` is not usable with a ``kind`` encoder, or None when it is."""
+    allowed = windows_for(kind)
+    if window in allowed:
+        return None
+    return f"{window!r} is not a window of {kind} encoders (they support {' or '.join(allowed)})"
+
+
+def fit_mel_frames(audio_frames: int, window_frames: int = 30 * MEL_PER_SECOND) -> int:
+    """Mel frames of a ``fit`` window for a clip covering ``audio_frames`` mel frames: the next whole second,
+    at most one 30-s window (longer clips are cut to 30-s windows before they get here, as with ``30s``)."""
+    seconds = max(1, -(-audio_frames // MEL_PER_SECOND))
+    return min(seconds * MEL_PER_SECOND, window_frames)
 
 
 def conv_layers(config) -> list[tuple[int, int]]:
@@ -81,20 +110,27 @@ class AudioEncoder:
     ``compute_dtype``."""
 
     def __init__(self, kind: str, extractor, model: torch.nn.Module | None = None, conv: list | None = None,
-                 device: str | torch.device = "cpu", compute_dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", compute_dtype: torch.dtype = torch.float32, window: str | None = None):
         self.kind, self.extractor, self.model, self.conv = kind, extractor, model, conv or []
         self.device, self.compute_dtype = torch.device(device), compute_dtype
+        self.window = window or windows_for(kind)[0]
+        if window_error(kind, self.window):
+            raise ValueError(window_error(kind, self.window))
 
     def prepare(self, wave: np.ndarray) -> np.ndarray:
         """Model input for one 16 kHz waveform: log-mel (n_mels, T) or a normalised waveform (samples,).
 
-        Whisper and GLM-ASR pad every clip to 30 s (3000 mel frames), exactly as at inference, so a
-        clip's features do not depend on what else is in its batch; a mask row (n_mels + 1) marks the audio.
+        Whisper and GLM-ASR pad every clip to a window decided by the clip alone: 30 s (3000 mel frames,
+        as at inference) or, with GLM-ASR's ``fit`` window, its next whole second; so a clip's features do not
+        depend on what else is in its batch. A mask row (n_mels + 1) marks the audio.
         """
         if self.kind in WAVEFORM_TYPES:
             return self.extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0].astype(np.float32)
-        padding = "longest" if self.kind == "mel" else "max_length"
-        out = self.extractor(wave, sampling_rate=SAMPLE_RATE, padding=padding, return_attention_mask=True, return_tensors="np")
+        padding, length = ("longest", None) if self.kind == "mel" else ("max_length", self.extractor.n_samples)
+        if self.window == "fit" and self.kind != "mel":  # the next whole second, at most the 30-s window
+            length = min(max(1, -(-len(wave) // SAMPLE_RATE)) * SAMPLE_RATE, length)
+        out = self.extractor(wave, sampling_rate=SAMPLE_RATE, padding=padding, max_length=length, truncation=True,
+                             return_attention_mask=True, return_tensors="np")
         mel = out.input_features[0].astype(np.float32)
         return mel if self.kind == "mel" else np.concatenate([mel, out.attention_mask[0][None].astype(np.float32)])
 
@@ -123,8 +159,14 @@ class AudioEncoder:
                 x[i, : len(p)], mask[i, : len(p)] = torch.from_numpy(p), 1
             kwargs = {"attention_mask": mask.to(self.device)} if self.extractor.return_attention_mask else {}
             hidden = self.model(x.to(self.device, self.compute_dtype), **kwargs).last_hidden_state
-        else:
-            mel = torch.from_numpy(np.stack([p[:-1] for p in batch]))
-            hidden = self.model(mel.to(self.device, self.compute_dtype)).last_hidden_state
+        else:  # one forward per window length (one under 30 s), so no clip is padded past its own window
+            out: list[np.ndarray | None] = [None] * len(batch)
+            for width in sorted({p.shape[-1] for p in batch}):
+                idx = [i for i, p in enumerate(batch) if p.shape[-1] == width]
+                mel = torch.from_numpy(np.stack([batch[i][:-1] for i in idx]))
+                hidden = self.model(mel.to(self.device, self.compute_dtype)).last_hidden_state.float().cpu().numpy()
+                for j, i in enumerate(idx):
+                    out[i] = hidden[j, : lengths[i]]
+            return out
         hidden = hidden.float().cpu().numpy()
         return [hidden[i, :n] for i, n in enumerate(lengths)]

@@ -11,6 +11,7 @@ Two layouts, one class:
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -47,6 +48,24 @@ def merge_lora(module: torch.nn.Module, pairs: dict[str, torch.Tensor], prefix: 
         weight = module.get_submodule(path).weight
         delta = scale * (b.float() @ a.float())  # (out, r) @ (r, in)
         weight.data = (weight.data.float() + delta.to(weight.device)).to(weight.dtype)
+
+
+class MissingBaseModel(LookupError):
+    """A base model this export names cannot be loaded. Not an OSError: transformers' ``pipeline`` catches those
+    and retries other classes, burying the one line that says what is missing under several tracebacks."""
+
+
+def _load_base(what: str, name: str, load):
+    """``load()`` of the base ``what`` named ``name``, or one clear ``MissingBaseModel`` naming it and the fix."""
+    fix = "re-export with `tatk export --merged` to store every weight in the export folder"
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path and not os.path.isdir(os.path.expanduser(name)):
+        raise MissingBaseModel(f"this tatk export needs its base {what} {name!r}, a folder that is not there; {fix}")
+    try:
+        return load()
+    except (OSError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MissingBaseModel(f"this tatk export needs its base {what} {name!r}, which cannot be loaded ({why}); {fix}") from None
 
 
 def _dtype(value) -> torch.dtype:
@@ -101,9 +120,10 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         encoder = None
         if config.encoder_kind != "mel":
             revision = pinned(config.encoder_revision)
-            enc_config = AutoConfig.from_pretrained(config.encoder, revision=revision, **base)
+            enc_config = _load_base("encoder", config.encoder, lambda: AutoConfig.from_pretrained(config.encoder, revision=revision, **base))
             encoder = load_audio_model(config.encoder, enc_config, dtype, revision=revision, **base)
-        llm = AutoModelForCausalLM.from_pretrained(config.llm, revision=pinned(config.llm_revision), dtype=dtype, **base)
+        llm = _load_base("LLM", config.llm, lambda: AutoModelForCausalLM.from_pretrained(
+            config.llm, revision=pinned(config.llm_revision), dtype=dtype, **base))
         model = cls(config, encoder=encoder, llm=llm)
         model.load_trained(weights)
         return model.to(dtype).eval()
@@ -131,11 +151,14 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
     def audio_encoder(self, extractor) -> AudioEncoder:
         """The encoder's two halves (prepare on CPU, encode on this model's device) around ``extractor``."""
         conv = conv_layers(self.encoder.config) if self.encoder is not None else []
-        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype)
+        return AudioEncoder(self.config.encoder_kind, extractor, self.encoder, conv, self.device, self.dtype,
+                            window=getattr(self.config, "encoder_window", "") or None)
 
     @torch.no_grad()
-    def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None) -> list[torch.Tensor]:
-        """Greedy reply token ids, one tensor per (frames_i, D) feature array; batched with left padding.
+    def transcribe(self, feats: list[np.ndarray], max_new_tokens: int | None = None, **options) -> list[torch.Tensor]:
+        """Reply token ids, one tensor per (frames_i, D) feature array; batched with left padding. Greedy unless
+        ``options`` say otherwise (``num_beams``, ``length_penalty``, ``repetition_penalty``, a ``streamer``:
+        see ``speech.GENERATE_OPTIONS``).
 
         An input too short for a single audio position gets no tokens.
         """
@@ -148,7 +171,7 @@ class TatkAsrModel(SpeechDecoding, PreTrainedModel):
         for row, i in enumerate(keep):
             x[row, : lens[i]] = torch.from_numpy(np.asarray(feats[i], dtype=np.float32))
         ids = self.generate_ids(x.to(self.device, self.dtype), torch.tensor([lens[i] for i in keep], device=self.device),
-                                max_new_tokens or self.config.max_new_tokens)
+                                max_new_tokens or self.config.max_new_tokens, **options)
         for row, i in enumerate(keep):
             out[i] = ids[row].cpu()
         return out

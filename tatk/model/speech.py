@@ -1,4 +1,4 @@
-"""Encoder features → normalisation → projector → spliced into a causal LM's prompt → greedy transcript.
+"""Encoder features → normalisation → projector → spliced into a causal LM's prompt → transcript (greedy or beam).
 
 Shared by training (``tatk.train.speechlm.SpeechLM``) and the exported model (``modeling_tatk.TatkAsrModel``), so
 the exported model decodes exactly as ``tatk`` does: the prompt is
@@ -16,6 +16,17 @@ import torch
 from torch import nn
 
 IGNORE = -100
+# Decoding options passed through to transformers' ``generate``; decoding stays deterministic (no sampling).
+GENERATE_OPTIONS = ("max_new_tokens", "num_beams", "length_penalty", "repetition_penalty", "no_repeat_ngram_size",
+                    "early_stopping", "streamer")
+
+
+def decoding_options(options: dict) -> dict:
+    """``options`` checked against GENERATE_OPTIONS: anything else is refused by name, not silently ignored."""
+    unknown = sorted(set(options) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unsupported decoding option(s) {unknown}; tatk models take {list(GENERATE_OPTIONS)}")
+    return {k: v for k, v in options.items() if v is not None}
 
 
 class FeatureNorm(nn.Module):
@@ -62,7 +73,7 @@ class PromptLayout:
 
 
 class SpeechDecoding:
-    """Splicing and greedy decoding for a module with ``llm``, ``norm``, ``projector`` and ``layout``."""
+    """Splicing and decoding (greedy, or beam search) for a module with ``llm``, ``norm``, ``projector`` and ``layout``."""
 
     def embed(self, input_ids: torch.Tensor, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, L, H) with projected frames written over the audio placeholders.
@@ -77,18 +88,32 @@ class SpeechDecoding:
         return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))
 
     @torch.no_grad()
-    def generate_ids(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy reply token ids (B, new) for features (B, T, D) with lengths (B,); every row needs ≥ 1 audio position.
+    def generate_ids(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+        """Reply token ids (B, new) for features (B, T, D) with lengths (B,); every row needs ≥ 1 audio position.
 
-        Rows are left-padded with an attention mask, so each row is decoded as if alone, with a KV cache.
+        Greedy by default; ``options`` (GENERATE_OPTIONS: ``num_beams``, ``length_penalty``, ``repetition_penalty``,
+        a ``streamer``, ...) go to transformers' own ``generate``, which decodes from ``inputs_embeds`` (the spliced
+        prompt) with beam search as well, so no hand-written search is needed. Rows are left-padded with an
+        attention mask, so each row is decoded as if alone, with a KV cache.
         """
+        options = decoding_options(options)
         lay = self.layout
         n_out = [self.projector.output_length(int(n)) for n in feat_lens]
         rows = [lay.prefix + [lay.audio_id] * n + lay.suffix for n in n_out]
         width = max(map(len, rows))
         ids = torch.tensor([[lay.pad_id] * (width - len(r)) + r for r in rows], device=feats.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=feats.device)
+        penalty = options.pop("repetition_penalty", 1.0)
+        if penalty != 1.0:
+            # Not generate(repetition_penalty=...): transformers takes the prompt length to skip from the attention
+            # mask's left padding, but from inputs_embeds the ids it penalises are the new tokens only, so padded rows
+            # of a batch would skip their first new tokens. The same processor, built here, treats every row alike.
+            from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+            options["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+        options.setdefault("num_beams", 1)
+        options["max_new_tokens"] = options.get("max_new_tokens") or max_new_tokens
         return self.llm.generate(
-            inputs_embeds=self.embed(ids, feats, feat_lens), attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, eos_token_id=lay.end_id, pad_token_id=lay.pad_id,
+            inputs_embeds=self.embed(ids, feats, feat_lens), attention_mask=mask, do_sample=False,
+            eos_token_id=lay.end_id, pad_token_id=lay.pad_id, **options,
         )

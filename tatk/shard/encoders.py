@@ -27,6 +27,8 @@ from tatk.model.encoder import (
     conv_layers,
     encoder_kind,
     load_audio_model,
+    window_error,
+    windows_for,
 )
 
 
@@ -40,25 +42,47 @@ class EncoderInfo:
     dim: int
     frame_rate: float  # output frames per second
     dtype: str = "float16"  # dtype of the stored features
+    window: str = "30s"  # 30s (every clip padded to 30 s) | fit (next whole second; GLM-ASR); see windows_for
     feature_extractor: dict = field(default_factory=dict)
+
+
+def manifest_window(encoder: dict) -> str:
+    """The window a manifest's ``encoder`` entry was made with (manifests from before windows: the kind's default)."""
+    return encoder.get("window") or windows_for(encoder.get("kind", "mel"))[0]
 
 
 class FrozenEncoder(AudioEncoder):
     """A frozen encoder loaded by name. ``prepare`` is picklable work for workers; ``encode`` runs the network
     (both from ``tatk.model.encoder.AudioEncoder``, the code exported models run too)."""
 
-    def __init__(self, name: str, device: str | torch.device = "cpu", dtype: str = "float16", network: bool = True):
+    def __init__(self, name: str, device: str | torch.device = "cpu", dtype: str = "float16", network: bool = True,
+                 window: str | None = None):
         """``network=False`` loads only the config and preprocessing (``prepare``, ``n_frames``, ``info``):
-        enough to store audio, or to prepare inputs in worker processes, without loading the weights."""
+        enough to store audio, or to prepare inputs in worker processes, without loading the weights.
+        ``window``: ``30s`` | ``fit`` (see ``windows_for``); None takes the kind's default."""
         self.device = torch.device(device)
         # bf16 on GPU halves memory traffic; CPU stays fp32 (CPU bf16 matmuls are slow and inexact).
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model, self.conv = None, []
+        self.window = window
         if name == "mel" or name.startswith("mel:"):
             self._init_mel(name)
         else:
             self._init_pretrained(name, network)
         self.info.dtype = dtype
+
+    @property
+    def window_option(self) -> str | None:
+        """The window as a shard option: None when it is the kind's default (as in folders made before windows
+        existed, which then still resume), else its name."""
+        return None if self.window == windows_for(self.kind)[0] else self.window
+
+    def _check_window(self) -> None:
+        """Resolve and check the window once the kind is known, before any weights are loaded."""
+        self.window = self.window or windows_for(self.kind)[0]
+        if window_error(self.kind, self.window):
+            raise UserError(f"--window: {window_error(self.kind, self.window)}")
+        self.info.window = self.window
 
     # -- loading ---------------------------------------------------------------------------------
     def _init_mel(self, name: str) -> None:
@@ -68,8 +92,10 @@ class FrozenEncoder(AudioEncoder):
         self.kind, self.extractor = "mel", WhisperFeatureExtractor(feature_size=n_mels)
         self.info = EncoderInfo("mel", f"mel:{n_mels}", "log-mel", n_mels, SAMPLE_RATE / self.extractor.hop_length,
                                 feature_extractor=self.extractor.to_dict())
+        self._check_window()
 
     def _init_pretrained(self, name: str, network: bool) -> None:
+        """A Hub id or folder: config and feature extractor, then (``network``) the weights."""
         from transformers import AutoConfig, AutoFeatureExtractor
 
         if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
@@ -91,6 +117,7 @@ class FrozenEncoder(AudioEncoder):
         rate = SAMPLE_RATE / int(np.prod(config.conv_stride)) if self.kind in WAVEFORM_TYPES else 50.0
         self.info = EncoderInfo(self.kind, name, _revision(name, config), dim, rate,
                                 feature_extractor=self.extractor.to_dict())
+        self._check_window()
         if not network:
             return
         model = load_audio_model(name, config, self.compute_dtype)

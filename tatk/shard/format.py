@@ -1,16 +1,19 @@
-"""The shard format: WebDataset tars of encoder features (or audio), a manifest, and the state that makes runs resumable.
+"""The shard format (version 2): WebDataset tars of encoder features (or audio), one set per unit of work, and a manifest.
 
 A shard set is a folder::
 
-    manifest.json            content, encoder, feature settings, per-shard counts, feature statistics, skips
-    <split>-000000.tar       per utterance: {key}.feats.npy (frames × dim), {key}.txt, {key}.json
-                             (content "audio", from `tatk shard --store audio`: {key}.flac instead of
-                             {key}.feats.npy, 16 kHz mono 16-bit; json n_frames is still the encoder's count)
-    .state/<split>.rank<r>-of<w>.json   each process's finished shards, rewritten after every shard
+    manifest.json                 content, encoder, feature settings, per-unit records, per-tar counts and
+                                  sha256, feature statistics, skips
+    <split>-u00042-000.tar        unit 42's first tar; per utterance: {key}.feats.npy (frames × dim),
+                                  {key}.txt, {key}.json (content "audio", from `tatk shard --store audio`:
+                                  {key}.flac instead of {key}.feats.npy, 16 kHz mono 16-bit; json n_frames
+                                  is still the encoder's count)
+    .state/<split>/               claims and done records of the units (see units.py)
 
-Each process covers the input rows ``index % world == rank`` in order and cuts them into shards; a
-shard record names the row range it covers (``first``, ``next``) and counts what it kept and skipped,
-so a re-run keeps verified shards, restarts at the first unfinished one, and loses or repeats nothing.
+A unit's tars depend only on the unit's rows: samples in row order, a new tar whenever the open one
+reaches the target size, a fixed mtime. So they are byte-identical whatever the number of processes or
+workers, the batch size or the order in which units finish, and a unit redone after a crash rewrites
+exactly the same files.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import hashlib
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +36,7 @@ from tatk.data.audio import SAMPLE_RATE
 from tatk.errors import UserError
 from tatk.files import atomic_write_text
 
-STATE_DIR = ".state"
+FORMAT_VERSION = 2
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -102,76 +106,43 @@ def count_samples(path: Path) -> int:
         return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")})
 
 
-class ShardWriter:
-    """Writes one process's shards and its resumable state.
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Call ``add`` for every kept sample and ``skip`` for every skipped row, in row order, ``cut``
-    between encoding windows, and ``close`` at the end. A shard is written to a temporary name and renamed when complete; only then
-    is it recorded in the state file.
+
+class UnitWriter:
+    """Writes one unit's tars; ``add`` every kept sample and ``skip`` every skipped row, in row order, then ``finish``.
+
+    A tar is written under a temporary name and renamed when complete; the unit counts as done only
+    once its record (returned by ``finish``) is written, after all its tars.
     """
 
-    def __init__(self, out: Path, split: str, rank: int, world: int, target_bytes: int, dim: int, dtype: str, options: dict,
-                 content: str = "features"):
-        self.out, self.split, self.rank, self.world, self.options = out, split, rank, world, options
-        self.content = content  # features | audio
-        self.target_bytes, self.dim, self.dtype = target_bytes, dim, np.dtype(dtype)
-        self.state_path = out / STATE_DIR / f"{split}.rank{rank}-of{world}.json"
-        self.records: list[dict] = []
-        self._tar = None
+    def __init__(self, out: Path, split: str, unit: int, target_bytes: int, dim: int, dtype: str, content: str = "features"):
+        self.out, self.prefix, self.content = out, f"{split}-u{unit:05d}", content  # content: features | audio
+        self.target_bytes, self.dtype = target_bytes, np.dtype(dtype)
+        self.stats = FeatureStats(dim)
+        self.tars: list[dict] = []
+        self.kept, self.skipped, self._tar = 0, {}, None
+        for stale in out.glob(f".{self.prefix}-*.tar.tmp*"):  # left by a killed attempt at this unit
+            stale.unlink(missing_ok=True)
 
-    # -- resume ----------------------------------------------------------------------------------
-    def resume(self) -> int:
-        """Load and verify finished shards; return the first input row index still to do.
-
-        Refuses (one line) to continue a run made with other options or another number of processes,
-        since its shards would not fit together with the new ones.
-        """
-        others = [p.name for p in (self.out / STATE_DIR).glob(f"{self.split}.rank*-of*.json") if not p.name.endswith(f"-of{self.world}.json")]
-        if others:
-            raise UserError(f"{self.out}: split {self.split!r} was started with another number of processes ({others[0]}); "
-                            "re-run with the same number, or use a new --out")
-        if self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
-            changed = [k for k in self.options if state["options"].get(k) != self.options[k]]
-            if changed:
-                k = changed[0]
-                raise UserError(f"{self.out}: split {self.split!r} was made with {k}={state['options'].get(k)!r}, not {self.options[k]!r}; "
-                                "use a new --out to change it")
-            records = state["shards"]
-            for rec in records:
-                if rec["name"] is not None:
-                    path = self.out / rec["name"]
-                    try:
-                        ok = path.exists() and count_samples(path) == rec["samples"]
-                    except (tarfile.TarError, OSError):
-                        ok = False
-                    if not ok:  # damaged or missing: redo from here on
-                        break
-                self.records.append(rec)
-        for stale in self.out.glob(f".{self.split}-*.tar.tmp*"):
-            stale.unlink()
-        return self.records[-1]["next"] if self.records else 0
-
-    @property
-    def done(self) -> bool:
-        return bool(self.records) and self.records[-1].get("last", False)
-
-    # -- writing ---------------------------------------------------------------------------------
-    def _open(self, first: int) -> None:
-        local = len(self.records)
-        self.name = f"{self.split}-{local * self.world + self.rank:06d}.tar"
+    def _open(self) -> None:
+        self.name = f"{self.prefix}-{len(self.tars):03d}.tar"
         self.tmp = self.out / f".{self.name}.tmp{os.getpid()}"
         # A fixed mtime makes the same input give byte-identical tars.
         self._tar = wds.TarWriter(str(self.tmp), mtime=0.0)
-        self.cur = dict(name=self.name, first=first, samples=0, seconds=0.0, frames=0, skipped={})
-        self.stats = FeatureStats(self.dim)
+        self.cur = dict(name=self.name, samples=0, seconds=0.0, frames=0)
         self.bytes = 0
 
-    def add(self, index: int, key: str, payload: np.ndarray | bytes, text: str, meta: dict) -> None:
+    def add(self, key: str, payload: np.ndarray | bytes, text: str, meta: dict) -> None:
         """Append one utterance: ``payload`` is its features (frames, dim), or FLAC bytes for audio shards
         (then ``meta["n_frames"]`` is the encoder's frame count for it)."""
         if self._tar is None:
-            self._open(index)
+            self._open()
         if self.content == "audio":
             sample = {"__key__": key, "flac": payload, "txt": text, "json": json.dumps(meta)}
         else:
@@ -186,53 +157,48 @@ class ShardWriter:
         self.cur["samples"] += 1
         self.cur["seconds"] += meta["duration"]
         self.cur["frames"] += meta["n_frames"]
+        self.kept += 1
+        if self.bytes >= self.target_bytes:
+            self._close_tar()
 
-    def cut(self, next_index: int) -> None:
-        """End the open shard here if it has reached the target size.
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-        Called only between encoding windows: a shard then always starts a window, so a resumed run
-        encodes exactly the same batches as an uninterrupted one and writes identical bytes.
-        """
-        if self._tar is not None and self.bytes >= self.target_bytes:
-            self._finish(next_index)
-
-    def skip(self, index: int, reason: str) -> None:
-        """Count a skipped input row in the shard that covers it."""
-        if self._tar is None:
-            self._open(index)
-        self.cur["skipped"][reason] = self.cur["skipped"].get(reason, 0) + 1
-
-    def close(self, next_index: int) -> None:
-        """Finish the last shard (if any rows are open) and mark this process's part complete."""
-        if self._tar is not None:
-            self._finish(next_index)
-        if self.records:
-            self.records[-1]["last"] = True
-        else:
-            self.records.append(dict(name=None, first=0, next=next_index, samples=0, seconds=0.0, frames=0, skipped={}, last=True))
-        self._save_state()
-
-    def _finish(self, next_index: int) -> None:
+    def _close_tar(self) -> None:
         self._tar.close()
         self._tar = None
-        rec = self.cur | {"next": next_index, "stats": self.stats.to_dict() if self.content == "features" else None}
-        if rec["samples"]:
-            with open(self.tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(self.tmp, self.out / self.name)
-        else:  # only skipped rows: nothing to store, but keep the counts
-            self.tmp.unlink()
-            rec["name"] = None
-        self.records.append(rec)
-        self._save_state()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        self.cur |= dict(bytes=self.tmp.stat().st_size, sha256=sha256_file(self.tmp))
+        os.replace(self.tmp, self.out / self.name)
+        self.tars.append(self.cur)
 
-    def _save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.state_path, json.dumps({"rank": self.rank, "world": self.world, "options": self.options, "shards": self.records}))
+    def finish(self, unit: str, rows: int, source: dict) -> dict:
+        """Close the last tar and return the unit's done record (``unit`` is its name, e.g. "u00042")."""
+        if self._tar is not None:
+            self._close_tar()
+        names = {t["name"] for t in self.tars}
+        for stray in self.out.glob(f"{self.prefix}-*.tar"):  # from an attempt on a source that has changed since
+            if stray.name not in names:
+                stray.unlink(missing_ok=True)
+        return dict(unit=unit, source=source, rows=rows, kept=self.kept, skipped=self.skipped, tars=self.tars,
+                    stats=self.stats.to_dict() if self.content == "features" else None)
 
 
-def write_manifest(out: Path, split: str, world: int, encoder_info, command: str, content: str = "features") -> dict:
-    """Merge every process's state into ``manifest.json`` (keeping other splits already there).
+def done_record_holds(out: Path, record: dict, source: dict) -> bool:
+    """Whether a unit's done record still stands: same source, and every tar there at its recorded size
+    (cheap enough to check on every resume; ``tatk shard --verify`` also checks contents and sha256)."""
+    if record.get("source") != source:
+        return False
+    for t in record["tars"]:
+        path = out / t["name"]
+        if not path.exists() or path.stat().st_size != t["bytes"]:
+            return False
+    return True
+
+
+def write_manifest(out: Path, split: str, records: list[dict], encoder_info, command: str, content: str = "features") -> dict:
+    """Merge the units' done records (in unit order) into ``manifest.json``, keeping other splits already there.
 
     ``content`` is "features" or "audio"; audio shards have no feature statistics (the encoder never
     ran) and record the stored audio format instead of a feature dtype.
@@ -240,28 +206,25 @@ def write_manifest(out: Path, split: str, world: int, encoder_info, command: str
     path = out / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     check_content(out, manifest, content)
-    records = []
-    for rank in range(world):
-        state = out / STATE_DIR / f"{split}.rank{rank}-of{world}.json"
-        records += json.loads(state.read_text())["shards"]
     stats, skipped = FeatureStats(encoder_info.dim), {}
     for rec in records:
         if rec.get("stats"):
             stats.merge(rec["stats"])
         for reason, n in rec["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + n
-    shards = sorted(
-        (dict(name=r["name"], samples=r["samples"], hours=r["seconds"] / 3600, frames=r["frames"]) for r in records if r["name"]),
-        key=lambda s: s["name"],
-    )
+    shards = [dict(name=t["name"], samples=t["samples"], hours=t["seconds"] / 3600, frames=t["frames"],
+                   bytes=t["bytes"], sha256=t["sha256"]) for rec in records for t in rec["tars"]]
+    units = [dict(unit=r["unit"], source=r["source"], rows=r["rows"], kept=r["kept"], skipped=r["skipped"],
+                  tars=[t["name"] for t in r["tars"]]) for r in records]
     mean, std = stats.mean_std()
     info = asdict(encoder_info)
     manifest.update(
-        tatk_version=__version__, command=command, content=content, feature_extractor=info.pop("feature_extractor"),
-        encoder=info,
+        format_version=FORMAT_VERSION, tatk_version=__version__, command=command, content=content,
+        feature_extractor=info.pop("feature_extractor"), encoder=info,
     )
     entry = dict(shards=shards, samples=sum(s["samples"] for s in shards), hours=sum(s["hours"] for s in shards),
-                 frames=sum(s["frames"] for s in shards), skipped=skipped)
+                 frames=sum(s["frames"] for s in shards), rows=sum(r["rows"] for r in records), skipped=skipped,
+                 units=units)
     if content == "audio":
         del info["dtype"]  # no features stored; frame rate and dim say what the encoder will make of the audio
         manifest["audio"] = dict(format="flac", subtype="PCM_16", sample_rate=SAMPLE_RATE, channels=1)

@@ -1,9 +1,16 @@
 """Sentences for the synthetic corpus: a seeded template grammar (names, trades, things, places, times,
-numbers) and ``make_splits``, which draws distinct sentences so dev and test never leak into train."""
+numbers) and ``make_splits``, which draws distinct sentences so dev and test never leak into train.
+
+A recognizer trained on grammar sentences alone can learn to recite the grammar instead of listening.
+``scrambled_sentence`` therefore shuffles a grammar sentence's words into an order the grammar never
+produces (checked by ``is_grammatical``, a recogniser of the same grammar), for a share of the training
+set and for a held-out "unseen word order" split.
+"""
 
 from __future__ import annotations
 
 import random
+import re
 
 _NAMES = """JOHN MARY THOMAS SARAH JAMES ELIZABETH ROBERT ANNA WILLIAM MARGARET HENRY LUCY GEORGE
 EMMA DAVID ALICE PETER CLARA SAMUEL HELEN ARTHUR GRACE EDWARD MARTHA CHARLES JANE FRANK ROSE
@@ -116,18 +123,77 @@ def random_sentence(r: random.Random) -> str:
             return sentence
 
 
-def make_splits(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> dict[str, list[str]]:
-    """Distinct sentences for each split; no sentence occurs twice, so dev/test never leak into train."""
+def _alternatives(words) -> str:
+    return "(?:" + "|".join(sorted(set(words), key=len, reverse=True)) + ")"
+
+
+def _grammar_regex() -> re.Pattern:
+    """A regular expression matching exactly the sentences ``random_sentence`` can produce."""
+    things = list(_THINGS) + [_plural(t) for t in _THINGS]
+    subject = (f"(?:{_alternatives(_NAMES)}|(?:THE|AN?) (?:{_alternatives(_PERSON_ADJ)} )?"
+               f"{_alternatives(_PEOPLE)})")
+    number = f"(?:{_alternatives(_UNITS + _TEENS)}|{_alternatives(_TENS)} {_alternatives(_UNITS)})"
+    adj = f"(?:{_alternatives(_THING_ADJ)} )?"
+    obj = (f"(?:{number} {adj}{_alternatives(things)}|(?:THE|AN?|HIS|HER|THEIR|SOME) {adj}"
+           f"{_alternatives(things)})")
+    place, time = f"{_alternatives(_PREPS)} THE {_alternatives(_PLACES)}", _alternatives(_TIMES)
+    vt, vi, adv = _alternatives(_VERBS_T), _alternatives(_VERBS_I), _alternatives(_ADVERBS)
+    kinds = [f"{subject} {vt} {obj}(?: {place})?(?: {time})?", f"{subject} {vi} {adv}(?: {place})?(?: {time})?",
+             f"{time} {subject} {vi} {place}", f"{subject} SAID THAT {subject} {vt} {obj}",
+             f"THERE WERE {number} {_alternatives(things)} {place}", f"{subject} {vt} {obj} AND {vi} {adv}"]
+    return re.compile("|".join(f"(?:{k})" for k in kinds))
+
+
+_GRAMMAR = _grammar_regex()
+
+
+def is_grammatical(sentence: str) -> bool:
+    """Whether the template grammar can produce ``sentence`` (a recogniser, slightly more permissive than
+    the generator: it ignores the 4–14 word limit and article/vowel agreement)."""
+    return _GRAMMAR.fullmatch(sentence) is not None
+
+
+def scrambled_sentence(r: random.Random) -> str:
+    """A grammar sentence's words in an order the grammar never produces: the vocabulary of training, none
+    of its word order, so a model can only get it right by listening."""
+    while True:
+        words = random_sentence(r).split()
+        r.shuffle(words)
+        sentence = " ".join(words)
+        if not is_grammatical(sentence):
+            return sentence
+
+
+def _distinct(make, r: random.Random, n: int, taken: dict[str, None]) -> list[str]:
+    """``n`` sentences from ``make(r)`` that are not in ``taken`` (which grows by them, in order)."""
+    start = len(taken)
+    for _ in range(50 * n + 1000):
+        if len(taken) == start + n:
+            return list(taken)[start:]
+        taken.setdefault(make(r), None)
+    raise ValueError(f"could not produce {n} distinct sentences")
+
+
+def make_splits(n_train: int, n_dev: int, n_test: int, seed: int = 0, scrambled: float = 0.0,
+                n_test_order: int = 0) -> dict[str, list[str]]:
+    """Distinct sentences for each split; no sentence occurs twice, so dev and test never leak into train.
+
+    ``scrambled``: the share of training sentences that are ``scrambled_sentence``s (0: grammar only).
+    ``n_test_order``: size of an extra held-out split ``test_order`` of scrambled sentences (word orders
+    never seen in training).
+    """
     r = random.Random(seed)
-    total = n_train + n_dev + n_test
     seen: dict[str, None] = {}  # insertion-ordered set keeps the result deterministic
-    for _ in range(50 * total + 1000):
-        if len(seen) == total:
-            break
-        seen.setdefault(random_sentence(r), None)
-    else:
-        raise ValueError(f"the grammar could not produce {total} distinct sentences")
-    sentences = list(seen)
+    n_scrambled = round(scrambled * n_train)
     # Held-out splits come first so their sentences do not shift when n_train changes.
-    dev, test, train = sentences[:n_dev], sentences[n_dev:n_dev + n_test], sentences[n_dev + n_test:]
-    return {"train": train, "dev": dev, "test": test}
+    dev = _distinct(random_sentence, r, n_dev, seen)
+    test = _distinct(random_sentence, r, n_test, seen)
+    splits = {"train": _distinct(random_sentence, r, n_train - n_scrambled, seen), "dev": dev, "test": test}
+    if n_scrambled or n_test_order:
+        # Its own generator: asking for scrambled sentences leaves every grammar sentence above unchanged.
+        r = random.Random(f"{seed}:scrambled")
+        splits["test_order"] = _distinct(scrambled_sentence, r, n_test_order, seen)
+        if n_scrambled:
+            splits["train"] += _distinct(scrambled_sentence, r, n_scrambled, seen)
+            r.shuffle(splits["train"])
+    return splits

@@ -26,24 +26,36 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from tatk.synthetic.voices import VOICES, Speaking, add_noise, variant_sex
+
 # espeak-ng through ctypes
 
 SAMPLE_RATE = 22050  # libespeak-ng's native rate
-# Accents in the bundled data (lang/gmw/*) and the voice variants (voices/!v/*) with their sex.
-VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc", "en-029"]
-VARIANTS = {**{f"m{i}": "male" for i in range(1, 8)}, **{f"f{i}": "female" for i in range(1, 6)}}
-
 _AUDIO_OUTPUT_SYNCHRONOUS, _INITIALIZE_DONT_EXIT, _CHARS_UTF8, _POS_CHARACTER = 2, 0x8000, 1, 1
 _RATE, _PITCH = 1, 3  # espeak_PARAMETER values
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _lib: ctypes.CDLL | None = None
 _chunks: list[bytes] = []
+_words: list[tuple[int, int]] = []  # (character position in the text, 1-based; audio position in ms)
+_EVENT_END_OF_LIST, _EVENT_WORD = 0, 1
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_void_p)]
 
 
 @_CALLBACK
-def _collect(wav, n, _events):  # called by espeak_Synth with each block of int16 samples
+def _collect(wav, n, events):  # called by espeak_Synth with each block of int16 samples and its events
     if wav and n > 0:
         _chunks.append(ctypes.string_at(wav, 2 * n))
+    event = ctypes.cast(events, ctypes.POINTER(_Event))
+    for i in itertools.count():
+        if not events or event[i].type == _EVENT_END_OF_LIST:
+            break
+        if event[i].type == _EVENT_WORD:
+            _words.append((event[i].text_position, event[i].audio_position))
     return 0  # 0 = keep going
 
 
@@ -80,11 +92,24 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 170, pitch: int = 50
     lib.espeak_SetParameter(_PITCH, pitch, 0)
     lib.espeak_ng_SetRandSeed(0)  # so espeak's rand() sequence does not depend on earlier calls
     _chunks.clear()
+    _words.clear()
     data = text.encode() + b"\0"
     if lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != 0:
         raise RuntimeError(f"espeak-ng failed to speak {text!r}")
     samples = np.frombuffer(b"".join(_chunks), dtype=np.int16)
     return samples.astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+def word_starts(text: str) -> list[float | None]:
+    """Where each word of ``text`` (split on spaces) started, in seconds, in the last ``synthesize(text, ...)``
+    of this process: espeak-ng's word events, which mark the audio position where it begins speaking a word.
+    None for a word without an event (espeak-ng joins some unstressed words, "A", "WERE", to a neighbour)."""
+    starts, position = [], 1  # espeak-ng counts characters from 1
+    at = dict(_words)
+    for word in text.split(" "):
+        starts.append(at[position] / 1000 if position in at else None)
+        position += len(word) + 1
+    return [s for s, w in zip(starts, text.split(" ")) if w]
 
 
 # Corpus
@@ -97,16 +122,19 @@ _FORMATS = [_FLAC16, _FLAC16, ("wav", 22050, 1), _FLAC16, _FLAC16, ("wav", 16000
 _CHUNK = 64  # utterances per fresh worker process (see the module docstring)
 
 
-def _plan(seed: int, split: str, index: int, text: str) -> dict:
-    """Voice, prosody and file format for one utterance, a pure function of (seed, split, index)."""
+def _plan(seed: int, split: str, index: int, text: str, speaking: Speaking = Speaking()) -> dict:
+    """Voice, prosody, noise and file format for one utterance, a pure function of its arguments."""
     r = random.Random(f"{seed}:{split}:{index}")  # str seeds hash with SHA-512: stable across runs
-    variant = r.choice(sorted(VARIANTS))
+    variant = r.choice(speaking.variants)
     voice = f"{r.choice(VOICES)}+{variant}"
     pitch = r.randrange(30, 71, 5)  # coarse steps so that a speaker (voice + pitch) recurs
     container, sample_rate, channels = _FORMATS[index % len(_FORMATS)]
-    return dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
-                pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=VARIANTS[variant],
-                container=container, sample_rate=sample_rate, channels=channels)
+    plan = dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
+                pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=variant_sex(variant),
+                container=container, sample_rate=sample_rate, channels=channels, snr_db=None)
+    if speaking.noise_share and r.random() < speaking.noise_share:  # drawn last: clean plans stay as they were
+        plan.update(snr_db=r.uniform(*speaking.snr_db), noise_seed=r.getrandbits(32))
+    return plan
 
 
 def _render(plans: list[dict]) -> list[tuple[bytes, float]]:
@@ -114,6 +142,8 @@ def _render(plans: list[dict]) -> list[tuple[bytes, float]]:
     out = []
     for p in plans:
         x, sr = synthesize(p["text"], p["voice"], p["rate"], p["pitch"])
+        if p["snr_db"] is not None:
+            x = add_noise(x, p["snr_db"], p["noise_seed"])
         if p["sample_rate"] != sr:
             x = soxr.resample(x, sr, p["sample_rate"])
         x = np.clip(x, -1.0, 1.0)
@@ -191,18 +221,22 @@ def _card(subset: str, folders: dict[str, str]) -> str:
 
 
 def write_corpus(out_dir: str | Path, splits: dict[str, list[str]], layout: str = "parquet", seed: int = 0,
-                 subset: str = "small", rows_per_shard: int = 1000, workers: int | None = None) -> dict[str, float]:
+                 subset: str = "small", rows_per_shard: int = 1000, workers: int | None = None,
+                 speaking: dict[str, Speaking] | None = None) -> dict[str, float]:
     """Speak every sentence of ``splits`` and write the corpus to ``out_dir``; returns seconds of audio per split.
 
     ``layout="parquet"``: a LoquaciousSet-like Hub repo (``README.md``, ``<subset>/train-*.parquet``,
     ``dev/dev-*.parquet``, ``test/test-*.parquet``). ``layout="folder"``: ``<split>/metadata.csv``
     (``file,text``) next to the audio files. The same arguments give byte-identical files.
+    ``speaking`` maps a split to how it is spoken (default ``Speaking()``: the 12 classic variants, clean).
     Workers are spawned, so a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
     if layout not in ("parquet", "folder"):
         raise ValueError(f"layout must be 'parquet' or 'folder', not {layout!r}")
     out = Path(out_dir)
-    plans = {s: [_plan(seed, s, i, t) for i, t in enumerate(texts)] for s, texts in splits.items() if texts}
+    speaking = speaking or {}
+    plans = {s: [_plan(seed, s, i, t, speaking.get(s, Speaking())) for i, t in enumerate(texts)]
+             for s, texts in splits.items() if texts}
     chunks = {split: [p[i:i + _CHUNK] for i in range(0, len(p), _CHUNK)] for split, p in plans.items()}
     seconds: dict[str, float] = {}
     folders = {split: subset if split == "train" else split for split in plans}

@@ -13,10 +13,16 @@ Under DeepSpeed, Accelerate's state is the engine's (optimizer shards per rank, 
 
 Folders are written as ``step-N.tmp`` and renamed when complete, so a run killed mid-save leaves the
 previous checkpoint as the newest one.
+
+With ``train.keep_best``, the best validated checkpoint's weights and recipe are also kept (hard links where
+the filesystem allows) as ``<run>/best/step-N/`` (with ``best.json``: metric, value), outside the rotation of
+``keep_checkpoints``; ``RUN:best`` names it wherever a checkpoint is taken (``tatk eval``, ``tatk export``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +34,8 @@ from tatk.files import atomic_write_text
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.toml"
+BEST = "best"
+DATA = "data.json"  # the processes × workers the data position was saved with (readable before loading state)
 
 
 def checkpoints(root: Path) -> list[Path]:
@@ -38,7 +46,7 @@ def checkpoints(root: Path) -> list[Path]:
 def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: int, keep: int, model) -> Path:
     """Write Accelerate's state plus recipe.toml to ``step-N`` atomically; keep the newest ``keep`` checkpoints.
 
-    Collective: every rank calls it. ``position`` (tatk.train.stream.DataPosition) is gathered first so the
+    Collective: every rank calls it. ``position`` (tatk.train.position.DataPosition) is gathered first so the
     saved data position covers all ranks. ``model`` is the unwrapped SpeechLM.
     """
     from safetensors.torch import save_file
@@ -62,6 +70,7 @@ def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: i
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / RECIPE, recipe_text)
+        atomic_write_text(tmp / DATA, json.dumps({"processes": position.world, "workers": position.workers}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(root)[:-keep]:
@@ -70,8 +79,47 @@ def save_checkpoint(accelerator, position, recipe_text: str, root: Path, step: i
     return final
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # checkpoint files are never rewritten in place: a link is a safe, free copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def keep_best(ckpt: Path, run_dir: Path, metric: str, value: float) -> Path:
+    """Keep checkpoint ``ckpt``'s weights, recipe and adapter as the run's best (main process only)."""
+    root = Path(run_dir) / BEST
+    tmp, final = root / f"{ckpt.name}.tmp", root / ckpt.name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (WEIGHTS, RECIPE, "adapter"):
+        if (ckpt / name).is_dir():
+            shutil.copytree(ckpt / name, tmp / name, copy_function=_link_or_copy)
+        elif (ckpt / name).exists():
+            _link_or_copy(str(ckpt / name), str(tmp / name))
+    atomic_write_text(tmp / "best.json", json.dumps({"metric": metric, "value": value}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(root):
+        if old != final:
+            shutil.rmtree(old)
+    return final
+
+
+def best_value(run_dir: Path) -> float:
+    """The kept best checkpoint's metric value (inf when there is none yet)."""
+    found = checkpoints(Path(run_dir) / BEST)
+    return json.loads((found[-1] / "best.json").read_text())["value"] if found else math.inf
+
+
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint path or a run folder (→ its newest checkpoint)."""
+    """A checkpoint folder from a checkpoint path, a run folder (→ its newest checkpoint) or ``RUN:best``."""
+    if str(path).endswith(":best"):
+        run = Path(str(path)[: -len(":best")])
+        found = checkpoints(run / BEST)
+        if not found:
+            raise UserError(f"{path}: {run} has no best checkpoint (train with train.keep_best = \"wer\" or \"val_loss\")")
+        path = found[-1]
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint or run folder")

@@ -27,6 +27,7 @@ class Sample:
     n_audio: int  # LLM positions the projected audio takes
     n_tokens: int  # full row length: prompt + audio + transcript + end
     n_frames: int  # encoder frames (T); for audio shards, the count `tatk shard` recorded
+    origin: tuple[int, int] = (0, 0)  # (training set, epoch) it was read in; set by the training stream
 
 
 class Codec:
@@ -73,7 +74,7 @@ class Codec:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "feats": feats,
                 "feat_lens": torch.tensor([s.n_frames for s in samples]),
                 "n_samples": b, "real_tokens": real, "padded_tokens": b * width, "texts": [s.text for s in samples],
-                "keys": [s.key for s in samples]}
+                "keys": [s.key for s in samples], "origins": [s.origin for s in samples]}
 
 
 def length_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:

@@ -25,13 +25,15 @@ from tatk.errors import UserError
 from tatk.files import atomic_write_text
 from tatk.model.speech import IGNORE
 from tatk.shard.format import read_split
-from tatk.train.checkpoint import checkpoints, load_weights, save_checkpoint
+from tatk.train.checkpoint import DATA, best_value, checkpoints, keep_best, load_weights, save_checkpoint
 from tatk.train.collate import Codec
 from tatk.train.optim import param_groups, warmup_cosine
 from tatk.train.projector_config import aux_weights
 from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
-from tatk.train.stream import DataPosition, train_loader
+from tatk.train.position import DataPosition, max_bad
+from tatk.train.progress import StepProgress
+from tatk.train.stream import shard_sets, train_loader
 from tatk.train.validate import evaluate
 from tatk.train.zero import Updates, configure as configure_deepspeed, deepspeed_stage
 
@@ -58,21 +60,34 @@ class Trainer:
             raise UserError(f"run.name: {self.run_dir} already has checkpoints; pass --resume or pick another run.name")
         self.cuda = torch.cuda.is_available()
         self.accelerator = self._accelerator()
-        self.console = Console(quiet=not self.accelerator.is_main_process, highlight=False)
+        # soft_wrap: a log file keeps whole lines (rich would cut them at 80 columns when not on a terminal)
+        self.console = Console(quiet=not self.accelerator.is_main_process, highlight=False, soft_wrap=True)
         set_seed(recipe.run.seed)
         self.recipe_text = render_recipe(recipe)
         if self.accelerator.is_main_process:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.toml", self.recipe_text)
         self._build(resume)
+        self.best = best_value(self.run_dir)  # a resumed run goes on beating its kept best
         self.start = 0
         if resume:
+            self._check_resume(found[-1])
             self.updates.load_state(found[-1])
             self.start = int(found[-1].name.split("-")[1])
             self.console.print(f"resumed from {found[-1]} (step {self.start})")
         self.batches = iter(train_loader(recipe, self.codec, self.position, pin_memory=self.cuda))
         self.aux_weights = aux_weights(recipe.projector)  # {name: weight} of the projector's auxiliary losses (moe)
         self.aux_step: dict[str, torch.Tensor] = {}
+
+    def _check_resume(self, ckpt: Path) -> None:
+        """DeepSpeed's optimizer state is sharded per rank: it resumes on the number of processes it was saved with."""
+        saved = ckpt / DATA
+        if self.updates.zero is None or not saved.exists():
+            return
+        processes = json.loads(saved.read_text())["processes"]
+        if processes != self.accelerator.num_processes:
+            raise UserError(f"--resume: {ckpt} was saved by {processes} DeepSpeed processes; ZeRO resumes only on the "
+                            f"same number (this run has {self.accelerator.num_processes}); DDP and one process can change it")
 
     def _accelerator(self) -> Accelerator:
         self.tracker = wandb_mode(self.recipe.log.wandb)
@@ -108,7 +123,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(o.warmup_steps, r.train.steps, o.min_lr_ratio))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.updates = Updates(acc, self.model, self.optimizer, o.grad_clip)
-        self.position = DataPosition(acc.process_index, acc.num_processes, r.data.workers)
+        counts = [c for _, c, _ in shard_sets(r)]
+        self.position = DataPosition(acc.process_index, acc.num_processes, r.data.workers, r.run.seed, counts)
+        self.max_bad, self.dropped = max_bad(r.data.max_bad_tars, counts), 0
         acc.register_for_checkpointing(self.scheduler, self.position)
 
         def keep_trainable(models, weights, output_dir):  # checkpoints hold trained weights, not the 0.6-3B LLM
@@ -129,19 +146,38 @@ class Trainer:
         self.model.train()
         self.window = torch.zeros(3, dtype=torch.float64)  # samples, real tokens, padded tokens (since the last log)
         self.clock = time.perf_counter()
-        for step in range(self.start + 1, t.steps + 1):
-            loss, grad_norm = self.step(step)
-            if step % t.log_every == 0 or step == t.steps:
-                self.log(step, self.throughput(loss, grad_norm))
-            if r.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-                self.log(step, evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
-                                        lockstep=self.updates.zero == 3 and acc.num_processes > 1))
-            if step % t.save_every == 0 or step == t.steps:
-                save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
-                                acc.unwrap_model(self.model))
+        self.progress = StepProgress(self.console, self.start, t.steps)
+        try:
+            for step in range(self.start + 1, t.steps + 1):
+                self.run_step(step)
+        finally:
+            self.progress.close()
         acc.end_training()
         last = checkpoints(self.ckpt_root)
         self.console.print(f"done: {last[-1] if last else self.run_dir}")
+
+    def run_step(self, step: int) -> None:
+        """One step, then its log line, validation and checkpoint when due."""
+        r, t, acc = self.recipe, self.recipe.train, self.accelerator
+        loss, grad_norm = self.step(step)
+        self.progress.advance(step)
+        if step % t.log_every == 0 or step == t.steps:
+            self.log(step, self.throughput(loss, grad_norm))
+        validated = None
+        if r.data.val is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
+            validated = evaluate(acc.unwrap_model(self.model), r, self.codec, acc,
+                                 lockstep=self.updates.zero == 3 and acc.num_processes > 1)
+            self.log(step, validated)
+        better = bool(validated and t.keep_best and validated[t.keep_best] < self.best)  # same on every rank
+        if step % t.save_every == 0 or step == t.steps or better:
+            ckpt = save_checkpoint(acc, self.position, self.recipe_text, self.ckpt_root, step, t.keep_checkpoints,
+                                   acc.unwrap_model(self.model))
+            if better:
+                self.best = validated[t.keep_best]
+                if acc.is_main_process:
+                    keep_best(ckpt, self.run_dir, t.keep_best, self.best)
+                self.console.print(f"best {t.keep_best} so far ({self.best:.4g}): kept as {self.run_dir / 'best'}")
+                acc.wait_for_everyone()
 
     def step(self, step: int) -> tuple[torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss averaged over ranks, grad norm).
@@ -150,6 +186,7 @@ class Trainer:
         means, which would over-weight short batches): the token count is known up front."""
         acc, device = self.accelerator, self.accelerator.device
         micro_batches = [next(self.batches) for _ in range(self.recipe.train.grad_accum)]
+        self.data_events(micro_batches)
         n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
         loss_sum = torch.zeros((), device=device)
         self.aux_step = {name: torch.zeros((), device=device) for name in self.aux_weights}
@@ -177,6 +214,33 @@ class Trainer:
             self.position.advance(b["position"])
         return loss, grad_norm
 
+    def data_events(self, micro_batches: list[dict]) -> None:
+        """Every rank learns of a stream's error or a newly unreadable tar in the same step, so all stop
+        together (a rank stopping alone would leave the others waiting in a collective): one tiny all-reduce
+        per step, and a gather only when something happened."""
+        acc = self.accelerator
+        errors = [b["error"] for b in micro_batches if "error" in b]
+        bad = {p: why for b in micro_batches for p, why in b["events"]["bad"].items() if p not in self.position.bad}
+        self.dropped += sum(b["events"]["dropped"] for b in micro_batches)
+        flags = acc.reduce(torch.tensor([len(errors), len(bad)], dtype=torch.float32, device=acc.device), "sum")
+        if not flags.sum().item():
+            return
+        from accelerate.utils import gather_object
+
+        reports = gather_object([(errors, bad)])
+        for _, b in reports:
+            for path, why in b.items():
+                if path not in self.position.bad:
+                    self.position.bad[path] = why
+                    self.console.print(f"warning: skipped an unreadable tar: {why} "
+                                       f"({len(self.position.bad)} so far, data.max_bad_tars = {self.max_bad})")
+        errors = [e for errs, _ in reports for e in errs]
+        if errors:
+            raise UserError(errors[0])
+        if len(self.position.bad) > self.max_bad:
+            raise UserError(f"data.max_bad_tars: {len(self.position.bad)} unreadable tars, more than the {self.max_bad} "
+                            f"allowed (first: {next(iter(self.position.bad.values()))})")
+
     def throughput(self, loss: torch.Tensor, grad_norm: float) -> dict:
         """The log line's numbers: loss, LR, grad norm, and speed over the steps since the last log."""
         acc = self.accelerator
@@ -185,6 +249,10 @@ class Trainer:
         stats = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                  "samples_per_s": totals[0].item() / elapsed, "tokens_per_s": totals[1].item() / elapsed,
                  "real_token_fraction": (totals[1] / totals[2]).item()}
+        epochs = self.position.epochs(acc)  # collective
+        stats.update({"epoch": epochs[0]} if len(epochs) == 1 else {f"epoch_{i}": e for i, e in enumerate(epochs)})
+        stats["dropped"] = acc.reduce(torch.tensor(float(self.dropped), device=acc.device), "sum").item()
+        stats["bad_tars"] = len(self.position.bad)
         stats.update({f"aux_{k}": acc.reduce(v, "mean").item() for k, v in self.aux_step.items()})  # unweighted, this step
         peak = next((v for k, v in PEAK_BF16.items() if self.cuda and k in torch.cuda.get_device_name()), None)
         if peak:  # LLM FLOPs per position: forward 2N, backward to the inputs 2N, weight grads 2N when trained fully
@@ -199,7 +267,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
-            self.console.print(f"step {step:>6}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+            timing = self.progress.logged(stats)
+            self.console.print(f"step {step:>6}/{self.recipe.train.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                               + f"  {timing}")
 
 
 def wandb_mode(setting: str) -> str | None:

@@ -32,6 +32,7 @@ class FeaturesConfig:
     encoder: str = ""  #: encoder id the shards were made with; must equal every manifest's encoder.id
     dim: int = 0  #: feature size per frame; must equal every manifest's encoder.dim
     normalize: str = "utterance"  #: none | utterance (mean/var per clip) | global (manifest stats)
+    window: str = ""  #: encoder window the shards were made with: 30s | fit (`tatk shard --window`); empty: read from the manifests, which must agree
 
 
 @dataclass
@@ -96,7 +97,9 @@ class DataConfig:
     max_tokens: int = 4096  #: LLM positions per micro-batch (rows × longest row, padding included)
     group_size: int = 64  #: samples sorted by length together before being cut into batches
     shuffle_buffer: int = 512  #: samples in the streaming shuffle buffer
-    round_shards: int = 4  #: tars read interleaved per shuffle round (the unit of resumable data state)
+    round_shards: int = 4  #: units (tars, or sample ranges of a small set's tars) read interleaved per shuffle round (the unit of resumable data state)
+    resample: bool = False  #: false: every set is read in epochs, each a seeded permutation of its tars dealt to the streams (each tar once per epoch); true: tars drawn at random with replacement
+    max_bad_tars: int = -1  #: unreadable or truncated tars skipped (with a warning) before training stops; -1: 1 % of all training tars, rounded up
     workers: int = 2  #: DataLoader worker processes per rank (0: read in the training process)
     content: str = "features"  #: what the shards hold: features (encoder output) | audio (`tatk shard --store audio`; the model runs the encoder)
 
@@ -132,13 +135,14 @@ class TrainConfig:
     eval_every: int = 1000  #: steps between validations (0: only at the end)
     save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 3  #: newest checkpoints kept on disk
+    keep_best: str = ""  #: "" (off) | wer | val_loss: also keep the checkpoint with the lowest such validation value as <run>/best (`tatk eval RUN:best`, `tatk export RUN:best`); a validation that improves it saves a checkpoint
     gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 
 @dataclass
 class EvalConfig:
-    max_batches: int = 50  #: validation micro-batches per rank for the loss (0: the whole set)
-    wer_samples: int = 64  #: utterances per rank decoded greedily for WER
+    max_samples: int = 1000  #: validation list: the first N utterances of data.val in manifest order, the same on any number of processes (0: the whole split)
+    wer_samples: int = 64  #: the first N utterances of that list are also decoded greedily for WER
     max_new_tokens: int = 128  #: decoding limit per utterance
 
 

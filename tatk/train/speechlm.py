@@ -121,9 +121,10 @@ class SpeechLM(SpeechDecoding, nn.Module):
             logits = head(hidden[:, :-1])[at]
         return F.cross_entropy(logits.float(), targets[at], reduction=reduction)
 
-    def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy transcripts of a batch of features (B, T, D) with lengths (B,) (see SpeechDecoding.generate_ids)."""
-        out = self.generate_ids(feats, feat_lens, max_new_tokens)
+    def generate(self, feats: torch.Tensor, feat_lens: torch.Tensor, max_new_tokens: int, **options) -> list[str]:
+        """Transcripts of a batch of features (B, T, D) with lengths (B,): greedy, or beam search with
+        ``num_beams=N`` and the other ``options`` of SpeechDecoding.generate_ids."""
+        out = self.generate_ids(feats, feat_lens, max_new_tokens, **options)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 

@@ -1,16 +1,20 @@
-"""Batches from WebDataset shards: split by rank and worker, resampled, shuffled, mixed, length-grouped.
+"""Training batches from WebDataset shards: epochs dealt to streams, shuffled, mixed by weight, length-grouped.
 
 Each rank runs its own DataLoader (never ``accelerator.prepare``d: that would dispatch from rank 0 or
-drop data). With R ranks and W workers there are G = R·W *streams*; stream g owns shards g, g+G, ...
-of every set (or, when a set has fewer than G shards, samples g, g+G, ... of every shard), so no two
-streams ever share a sample.
+drop data). With R ranks and W workers there are G = R·W *streams*; which units (tars or tar sample
+ranges) stream g reads, epoch after epoch, is schedule.py's dealing, so no two streams share a unit within
+an epoch.
 
-A stream is an endless series of *rounds*. Round r of stream g draws ``round_shards`` of its shards at
-random (with replacement; sets weighted so their share of *samples* follows ``weight``), reads them
-interleaved through a shuffle buffer, sorts groups of ``group_size`` samples by length and cuts each
-group into batches of at most ``max_tokens`` LLM positions. Everything is seeded by (seed, rank,
-worker, round), so a batch is named by (worker, round, index) and a checkpoint only stores, per worker,
-where to go on: resuming re-reads at most one round per worker and replays the exact same batches.
+A stream is an endless series of *rounds*. Round r draws ``round_shards`` units, choosing each one's set
+at random (weighted so the sets' shares of *samples* follow ``weight``) and taking that set's next unit
+for this stream; it reads them interleaved through a shuffle buffer, sorts groups of ``group_size``
+samples by length and cuts each group into batches of at most ``max_tokens`` LLM positions. Everything is
+seeded by (seed, segment, stream, round), so a batch is named by (worker, round, index, cursors) and a
+checkpoint only stores, per worker, where to go on (position.py).
+
+Problems reach the training loop inside the batches: ``"events"`` (unreadable tars skipped, samples
+dropped, and bytes read, since the stream's previous batch) and, when a stream can never make a batch, ``{"error": one line}``; the loop turns either into
+the same outcome on every rank (loop.py).
 """
 
 from __future__ import annotations
@@ -19,14 +23,20 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tatk.shard.format import read_shard, read_split
+from tatk.shard.format import read_split
 from tatk.train import augment
 from tatk.train.collate import Codec, Sample, length_batches
+from tatk.train.position import DataPosition
+from tatk.train.tars import BadTar, read_range, units
 
 _AUGMENT_STREAM = 1  # extra seed word: mask draws never coincide with the round's shuffling draws
+STUCK_UNITS = 8  # units of a set read in a row without one usable sample before the stream gives up on it
+
+
+class _NoUnits(Exception):
+    """This stream can never get a unit (its message is the training error line)."""
 
 
 def shard_sets(recipe) -> list[tuple[list[str], list[int], float]]:
@@ -41,33 +51,79 @@ def shard_sets(recipe) -> list[tuple[list[str], list[int], float]]:
 class TrainStream(IterableDataset):
     """Endless, resumable training batches for one rank; yields collated batches tagged with "position"."""
 
-    def __init__(self, recipe, codec: Codec, rank: int, world: int, start: dict[int, list[int]], offset: int):
-        self.sets, self.codec, self.rank, self.world = shard_sets(recipe), codec, rank, world
+    def __init__(self, recipe, codec: Codec, position: DataPosition):
+        self.sets, self.codec, self.rank = shard_sets(recipe), codec, position.rank
         self.data, self.seed, self.augment = recipe.data, recipe.run.seed, recipe.augment
-        self.n_workers = max(recipe.data.workers, 1)
-        self.start, self.offset = start, offset  # start: worker → [round, batch index]; offset: see DataPosition
+        self.n_workers, self.streams = position.workers, position.streams
+        self.segment, self.schedule = position.segment, position.schedule()
+        self.units = [units(counts, b["pieces"]) for (_, counts, _), b in zip(self.sets, position.basis)]
+        self.start, self.offset = position.next, position.consumed % position.workers
+        self.known_bad: set[str] = set()  # found by this stream (a resumed one finds them again: exact replay)
 
-    def _plan(self, g: int, streams: int):
-        """This stream's shards per set, its sample filter per set, and the set sampling probabilities."""
-        owned, keeps, probs = [], [], []
-        for paths, counts, weight in self.sets:
-            if len(paths) >= streams:
-                idx, keep, share = list(range(g, len(paths), streams)), None, 1.0
+    def _probs(self, g: int) -> np.ndarray:
+        """Set sampling probabilities: a set's share of samples ∝ weight, so draws ∝ weight / samples per unit."""
+        p = np.array([weight / (sum(counts) / len(u)) if self.schedule.reaches(s, g) else 0.0
+                      for s, ((_, counts, weight), u) in enumerate(zip(self.sets, self.units))])
+        if not p.sum():  # only after a resume on more streams than a small set was cut for
+            raise _NoUnits(f"data.workers: stream {g} of {self.streams} gets no unit of any set (the sets were cut "
+                           f"into {min(self.schedule.n_units)} units for the first run); resume with fewer processes × workers")
+        return p / p.sum()
+
+    def _draw(self, g: int, rng, cursors: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
+        """The round's units as (set, unit, epoch), and the cursors after them."""
+        cursors, drawn = [list(c) for c in cursors], []
+        for s in rng.choice(len(self.sets), size=self.data.round_shards, p=self._probs(g)):
+            if self.data.resample:  # with replacement from this stream's fixed share
+                share = range(g % self.schedule.n_units[s], self.schedule.n_units[s], self.streams)
+                drawn.append((int(s), int(share[rng.integers(len(share))]), -1))
             else:
-                idx, keep, share = list(range(len(paths))), g, 1.0 / streams
-            owned.append([paths[i] for i in idx])
-            keeps.append(keep)
-            probs.append(weight / (np.mean([counts[i] for i in idx]) * share))  # per-sample share ∝ weight
-        return owned, keeps, np.array(probs) / sum(probs)
+                u, cursors[s] = self.schedule.next(int(s), g, cursors[s])
+                drawn.append((int(s), u, cursors[s][0]))
+        return drawn, cursors
 
-    def _round(self, worker: int, r: int) -> Iterator[list[Sample]]:
-        d, streams = self.data, self.world * self.n_workers
-        owned, keeps, probs = self._plan(self.rank * self.n_workers + worker, streams)
-        rng = np.random.default_rng([self.seed, self.rank, worker, r])
-        sources = []
-        for s in rng.choice(len(owned), size=d.round_shards, p=probs):
-            keep = (lambda i: True) if keeps[s] is None else (lambda i, g=keeps[s]: i % streams == g)
-            sources.append(read_shard(owned[s][rng.integers(len(owned[s]))], keep))
+    def _read(self, s: int, u: int, epoch: int) -> Iterator[dict]:
+        """One unit's raw samples; an unreadable tar is recorded in ``events`` (once) and skipped."""
+        paths = self.sets[s][0]
+        t, first, end = self.units[s][u]
+        if paths[t] in self.known_bad:
+            return
+        counter = [0]
+        try:
+            for raw in read_range(paths[t], first, end, counter):
+                yield {**raw, "__origin__": (s, epoch)}
+        except BadTar as e:
+            self.known_bad.add(paths[t])
+            self.events["bad"][paths[t]] = str(e)
+        finally:
+            self.events["bytes"] += counter[0]
+
+    def _samples(self, s: int, u: int, epoch: int) -> Iterator[Sample]:
+        """A unit's usable samples; dropped ones are counted, and a set giving none for too long is an error."""
+        usable, shortest = 0, None  # shortest row among the samples too long for a batch
+        for raw in self._read(s, u, epoch):
+            sample = self.codec.decode(raw)
+            sample.origin = raw["__origin__"]
+            if sample.n_audio < 1 or sample.n_tokens > self.data.max_tokens:  # too short to project / never fits
+                self.events["dropped"] += 1
+                if sample.n_audio >= 1:
+                    shortest = min(shortest or sample.n_tokens, sample.n_tokens)
+                continue
+            usable += 1
+            yield sample
+        t = self.units[s][u][0]
+        if usable:
+            self.stuck[s] = 0
+        elif self.sets[s][0][t] not in self.known_bad:
+            self.stuck[s] += 1
+        if self.stuck[s] >= min(STUCK_UNITS, self.schedule.n_units[s]):
+            why = (f"the shortest needs {shortest} LLM positions, above data.max_tokens = {self.data.max_tokens}"
+                   if shortest else "its clips are too short to project, or it is empty")
+            self.error = (f"data.train[{s}]: {self.stuck[s]} units of {Path(self.sets[s][0][t]).parent} in a row "
+                          f"gave no usable sample ({why})")
+
+    def _round(self, g: int, rng, drawn: list[tuple[int, int, int]]) -> Iterator[list[Sample]]:
+        d = self.data
+        sources = [self._samples(*unit) for unit in drawn]
         buffer: list[Sample] = []
         group: list[Sample] = []
 
@@ -80,15 +136,12 @@ class TrainStream(IterableDataset):
                 for i in rng.permutation(len(batches)):
                     yield batches[i]
 
-        while sources:  # interleave the round's tars, one sample at a time, through the shuffle buffer
+        while sources:  # interleave the round's units, one sample at a time, through the shuffle buffer
             i = int(rng.integers(len(sources)))
-            raw = next(sources[i], None)
-            if raw is None:
+            sample = next(sources[i], None)
+            if sample is None:
                 sources.pop(i)
                 continue
-            sample = self.codec.decode(raw)
-            if sample.n_audio < 1 or sample.n_tokens > d.max_tokens:
-                continue  # too short to project, or can never fit a batch
             if len(buffer) < d.shuffle_buffer:
                 buffer.append(sample)
                 continue
@@ -99,77 +152,40 @@ class TrainStream(IterableDataset):
             yield from grouped(buffer[j])
         yield from grouped(None)
 
+    def _fresh_events(self) -> dict:
+        events, self.events = self.events, {"bad": {}, "dropped": 0, "bytes": 0}
+        return events
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = ((info.id if info else 0) + self.offset) % self.n_workers
-        r, skip = self.start.get(worker, [0, 0])
+        g = self.rank * self.n_workers + worker
+        at = self.start.get(worker)
+        r, skip, cursors = (at["round"], at["batch"], at["start"]) if at else (0, 0, self.schedule.start())
+        self.events, self.error, self.stuck = {"bad": {}, "dropped": 0, "bytes": 0}, None, [0] * len(self.sets)
         while True:
-            for i, batch in enumerate(self._round(worker, r)):
+            rng = np.random.default_rng([self.seed, self.segment, g, r])
+            try:
+                drawn, end = self._draw(g, rng, cursors)
+            except _NoUnits as e:
+                yield {"error": str(e), "events": self._fresh_events()}
+                return
+            for i, batch in enumerate(self._round(g, rng, drawn)):
                 if i >= skip:
                     if augment.enabled(self.augment):  # masks seeded by the batch's name: resume replays them
-                        rng = np.random.default_rng([self.seed, self.rank, worker, r, i, _AUGMENT_STREAM])
-                        batch = augment.augment_batch(batch, self.augment, rng)
-                    yield {**self.codec.collate(batch), "position": (worker, r, i)}
-            r, skip = r + 1, 0
-
-
-class DataPosition:
-    """Where each worker's stream goes on, for every rank; registered with Accelerate's save/load_state.
-
-    The DataLoader takes batches from its workers round-robin, so after ``consumed`` batches the next
-    one comes from worker ``consumed % W``; a resumed loader is rotated by that much to keep the order.
-    """
-
-    def __init__(self, rank: int, world: int, workers: int):
-        self.rank, self.world, self.workers = rank, world, max(workers, 1)
-        self.consumed, self.next = 0, {}
-        self.table: dict[int, dict] = {}
-
-    def advance(self, position: tuple[int, int, int]) -> None:
-        worker, r, i = position
-        self.next[worker] = [r, i + 1]
-        self.consumed += 1
-
-    def gather(self, accelerator) -> None:
-        """Collect every rank's position (collective: call on all ranks before save_state)."""
-        from accelerate.utils import gather_object
-
-        mine = {"rank": self.rank, "consumed": self.consumed, "next": self.next}
-        self.table = {e["rank"]: e for e in gather_object([mine])}
-
-    def state_dict(self) -> dict:
-        return {"world": self.world, "workers": self.workers, "ranks": self.table}
-
-    def load_state_dict(self, state: dict) -> None:
-        from tatk.errors import UserError
-
-        if (state["world"], state["workers"]) != (self.world, self.workers):
-            raise UserError(f"data.workers: the checkpoint was written with {state['world']} processes × "
-                            f"{state['workers']} workers; resume with the same numbers")
-        mine = state["ranks"][self.rank]
-        self.consumed, self.next = mine["consumed"], {int(k): v for k, v in mine["next"].items()}
+                        mask_rng = np.random.default_rng([self.seed, self.segment, g, r, i, _AUGMENT_STREAM])
+                        batch = augment.augment_batch(batch, self.augment, mask_rng)
+                    yield {**self.codec.collate(batch), "position": (worker, r, i, cursors, end),
+                           "events": self._fresh_events()}
+            dead = [i for i, (paths, _, _) in enumerate(self.sets) if set(paths) <= self.known_bad]
+            if self.error or dead:
+                error = self.error or f"data.train[{dead[0]}]: every tar of {Path(self.sets[dead[0]][0][0]).parent} is unreadable"
+                yield {"error": error, "events": self._fresh_events()}
+                return
+            r, skip, cursors = r + 1, 0, end
 
 
 def train_loader(recipe, codec: Codec, position: DataPosition, pin_memory: bool) -> DataLoader:
     """This rank's endless training DataLoader, starting where ``position`` says."""
-    stream = TrainStream(recipe, codec, position.rank, position.world, position.next, position.consumed % position.workers)
-    return DataLoader(stream, batch_size=None, num_workers=recipe.data.workers, pin_memory=pin_memory,
-                      persistent_workers=False)
-
-
-def val_batches(recipe, codec: Codec, rank: int, world: int) -> Iterator[dict]:
-    """The held-out set in a fixed order, sample i going to rank i % world; batches sorted by length."""
-    v = recipe.data.val
-    split = read_split(v.path, v.split)
-    n, group = 0, []
-    for t in split["shards"]:
-        for raw in read_shard(str(Path(v.path) / t["name"])):
-            n += 1
-            if (n - 1) % world == rank:
-                s = codec.decode(raw)
-                if s.n_audio >= 1 and s.n_tokens <= recipe.data.max_tokens:
-                    group.append(s)
-            if len(group) == recipe.data.group_size:
-                yield from (codec.collate(b) for b in length_batches(group, recipe.data.max_tokens))
-                group = []
-    yield from (codec.collate(b) for b in length_batches(group, recipe.data.max_tokens))
+    return DataLoader(TrainStream(recipe, codec, position), batch_size=None, num_workers=recipe.data.workers,
+                      pin_memory=pin_memory, persistent_workers=False)

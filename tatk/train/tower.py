@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tatk.data.audio import decode
+from tatk.model.encoder import fit_mel_frames
 from tatk.shard.encoders import WAVEFORM_TYPES, FrozenEncoder
 from tatk.errors import UserError, first_line
 
@@ -30,8 +31,8 @@ from tatk.errors import UserError, first_line
 class TowerInputs:
     """The worker-side half: no weights, cheap to copy into DataLoader worker processes."""
 
-    def __init__(self, name: str):
-        self.prep = FrozenEncoder(name, network=False)
+    def __init__(self, name: str, window: str | None = None):
+        self.prep = FrozenEncoder(name, network=False, window=window)
         self.kind = self.prep.kind
 
     def prepare(self, flac: bytes) -> np.ndarray:
@@ -41,7 +42,8 @@ class TowerInputs:
     def batch(self, prepared: list[np.ndarray]) -> torch.Tensor:
         """Prepared inputs → (B, C, S) float32, zero-padded along time.
 
-        GLM-ASR / Whisper inputs already end with their mel attention-mask row (and are all 30 s long);
+        GLM-ASR / Whisper inputs already end with their mel attention-mask row (30 s long, or with GLM-ASR's
+        ``fit`` window each its own whole number of seconds: the tower cuts each back to its window);
         a waveform (S,) becomes (2, S): the samples, then a row of ones that padding turns into a mask.
         """
         if self.kind in WAVEFORM_TYPES:
@@ -56,12 +58,14 @@ class AudioTower(nn.Module):
     """The network half: prepared inputs (B, C, S) and frame counts (B,) → frames (B, max count, D) float32.
 
     ``train_encoder`` false keeps the network in eval mode whatever the model's mode (no dropout, no
-    HuBERT/wav2vec2 built-in time masking), so its output equals what feature shards would hold.
+    HuBERT/wav2vec2 built-in time masking), so its output equals what feature shards would hold. With the
+    ``fit`` window each clip runs at its own window length (clips of one length together), as ``tatk shard`` does.
     """
 
-    def __init__(self, kind: str, network: nn.Module | None, use_mask: bool, train_encoder: bool):
+    def __init__(self, kind: str, network: nn.Module | None, use_mask: bool, train_encoder: bool, window: str = "30s"):
         super().__init__()
         self.kind, self.network, self.use_mask, self.train_encoder = kind, network, use_mask, train_encoder
+        self.window = window
         self.dtype = next(network.parameters()).dtype if network is not None else torch.float32
 
     def train(self, mode: bool = True) -> "AudioTower":
@@ -73,9 +77,24 @@ class AudioTower(nn.Module):
         elif self.kind in WAVEFORM_TYPES:
             mask = inputs[:, -1].long() if self.use_mask else None
             hidden = self.network(inputs[:, 0].to(self.dtype), attention_mask=mask).last_hidden_state
+        elif self.window == "fit":
+            return self._fit_forward(inputs, int(n_frames.max()))
         else:
             hidden = self.network(inputs[:, :-1].to(self.dtype)).last_hidden_state
         return hidden[:, : int(n_frames.max())].float()
+
+    def _fit_forward(self, inputs: torch.Tensor, longest: int) -> torch.Tensor:
+        """One forward per window width (read back from each clip's mask row), so padding added by batching
+        never reaches the network."""
+        widths = [fit_mel_frames(int(m)) for m in inputs[:, -1].sum(dim=1).tolist()]
+        parts, rows = [], []
+        for width in sorted(set(widths)):
+            idx = [i for i, w in enumerate(widths) if w == width]
+            hidden = self.network(inputs[idx, :-1, :width].to(self.dtype)).last_hidden_state[:, :longest].float()
+            parts.append(nn.functional.pad(hidden, (0, 0, 0, longest - hidden.shape[1])))
+            rows += idx
+        out = torch.cat(parts)
+        return out[torch.argsort(torch.tensor(rows, device=out.device))]
 
 
 def _check_targets(network: nn.Module, targets: list[str], kind: str) -> None:
@@ -91,7 +110,7 @@ def build_tower(recipe, dtype: torch.dtype) -> AudioTower:
     """The encoder named by ``features.encoder``, frozen in ``dtype``, with LoRA adapters (fp32) when
     ``model.encoder = "lora"``; its worker-side half is ``tower.inputs``."""
     try:
-        frozen = FrozenEncoder(recipe.features.encoder, dtype="float32")
+        frozen = FrozenEncoder(recipe.features.encoder, dtype="float32", window=recipe.features.window or None)
     except UserError as e:
         raise UserError(f"features.encoder: {e}") from None
     if frozen.info.dim != recipe.features.dim:
@@ -112,6 +131,7 @@ def build_tower(recipe, dtype: torch.dtype) -> AudioTower:
             raise UserError(f"encoder_lora.target_modules: {first_line(e)}") from None
         if recipe.train.gradient_checkpointing:  # a 30-s window's activations × every layer: recompute them
             network.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    tower = AudioTower(frozen.kind, network, bool(getattr(frozen.extractor, "return_attention_mask", False)), lora)
-    tower.inputs = TowerInputs(recipe.features.encoder)
+    tower = AudioTower(frozen.kind, network, bool(getattr(frozen.extractor, "return_attention_mask", False)), lora,
+                       frozen.window)
+    tower.inputs = TowerInputs(recipe.features.encoder, frozen.window)
     return tower
