@@ -4,7 +4,8 @@
 #      held-out test splits: test_order (word orders the grammar never makes) and test_noisy (unseen voices, noise);
 #   2. build a tiny random GLM-ASR-style encoder and a tiny random Qwen3-style decoder, whose character
 #      tokenizer is trained on the training text, with save_pretrained ($DIR/encoder, $DIR/llm);
-#   3. `tatk shard` every split through the encoder ($SHARDS);
+#   3. `tatk shard` every split through the encoder ($SHARDS), each clip padded to its next whole second
+#      (--window fit: a random encoder has no 30-s habit to keep, and it is ~3x less encoder work);
 #   4. `accelerate launch tatk train recipes/demo.toml` (projector + whole decoder) → $DIR/asr;
 #   5. `tatk eval` on the three held-out test splits, `tatk export`, `tatk report` → $DIR/asr/report/.
 # Sizes come from the environment (defaults: the full demo; the CI test runs a small one):
@@ -45,7 +46,7 @@ fi
     --tokenizer char --hidden 256 --layers 4
 for split in train dev test test_order test_noisy; do
     stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \
-        --encoder "$DIR/encoder" --out "$SHARDS"
+        --encoder "$DIR/encoder" --out "$SHARDS" --window fit
 done
 
 # The recipe names runs/demo and shards/demo-glmasr; other folders or sizes are passed as overrides.
