@@ -133,6 +133,42 @@ def _local_folder(name: str) -> str | None:
     return str(path.resolve()) if path.is_dir() else None
 
 
+def _encoder_part(recipe, merged: bool) -> tuple:
+    """(encoder network or None, kind, feature extractor, window, revision) of the recipe's encoder; the
+    network's weights are loaded only for a merged export."""
+    from transformers import WhisperFeatureExtractor
+
+    from tatk.shard.encoders import FrozenEncoder
+
+    name = recipe.features.encoder
+    if name == "mel" or name.startswith("mel:"):
+        n_mels = int(name.split(":")[1]) if ":" in name else 80
+        return None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "fit", "log-mel"
+    frozen = FrozenEncoder(name, dtype="float32", network=merged, window=recipe.features.window or None)
+    return frozen.model, frozen.kind, frozen.extractor, frozen.window, _encoder_revision(recipe, frozen.info.revision)
+
+
+def _save_weights(tmp: Path, cfg, recipe, model, weights: dict, encoder, enc_scale: float | None) -> None:
+    """config.json and model.safetensors: the trained weights only, or (``cfg.merged``) every weight of the
+    model a default export loads, LoRA pairs merged."""
+    from safetensors.torch import save_file
+
+    from tatk.model.modeling_tatk import TatkAsrModel
+
+    if not cfg.merged:
+        cfg.save_pretrained(tmp)
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        return
+    llm = model.llm.unload() if recipe.model.decoder == "lora" else model.llm  # base LLM; pairs merged below
+    if enc_scale:
+        encoder = model.encoder.network.unload()
+    cfg.encoder_config = encoder.config.to_dict() if encoder is not None else None
+    cfg.llm_config = llm.config.to_dict()
+    full = TatkAsrModel(cfg, encoder=encoder, llm=llm)
+    full.load_trained(weights)
+    full.save_pretrained(tmp)
+
+
 def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = None, eval_summary: str | Path | None = None,
            license: str = "apache-2.0", aligner: str | None = None) -> Path:
     """Write a Hub-ready model folder for a checkpoint (or a run folder's newest checkpoint); returns the folder.
@@ -142,14 +178,12 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     ``merged=False`` keeps references even to folders, recorded as absolute paths.
     ``aligner``: a CTC model's Hub id or folder for word timestamps (a folder is copied into the export).
     """
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, WhisperFeatureExtractor
+    from transformers import AutoConfig
 
     from tatk.train.checkpoint import load_trained, read_weights, resolve
     from tatk.train.projector_config import model_options
-    from tatk.shard.encoders import FrozenEncoder, _revision
+    from tatk.shard.encoders import _revision
     from tatk.model.configuration_tatk import TatkAsrConfig
-    from tatk.model.modeling_tatk import TatkAsrModel
 
     out = Path(out_dir)
     summary = _read_summary(eval_summary)
@@ -161,14 +195,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     local = {n: _local_folder(n) for n in (name, recipe.model.llm)}
     if merged is None:
         merged = any(local.values())
-    if name == "mel" or name.startswith("mel:"):
-        n_mels = int(name.split(":")[1]) if ":" in name else 80
-        encoder, kind, extractor, enc_rev = None, "mel", WhisperFeatureExtractor(feature_size=n_mels), "log-mel"
-        window = "fit"
-    else:
-        frozen = FrozenEncoder(name, dtype="float32", network=merged, window=recipe.features.window or None)
-        encoder, kind, extractor, window = frozen.model, frozen.kind, frozen.extractor, frozen.window
-        enc_rev = _encoder_revision(recipe, frozen.info.revision)
+    encoder, kind, extractor, window, enc_rev = _encoder_part(recipe, merged)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
     cfg = TatkAsrConfig(  # local bases by absolute path: where they came from (merged) or where to load them from
@@ -185,18 +212,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     )
     tmp = _prepare_out(out)
     try:
-        if merged:  # the same model a default export loads, with every weight saved
-            llm = model.llm.unload() if recipe.model.decoder == "lora" else model.llm  # base LLM; pairs merged below
-            if enc_scale:
-                encoder = model.encoder.network.unload()
-            cfg.encoder_config = encoder.config.to_dict() if encoder is not None else None
-            cfg.llm_config = llm.config.to_dict()
-            full = TatkAsrModel(cfg, encoder=encoder, llm=llm)
-            full.load_trained(weights)
-            full.save_pretrained(tmp)
-        else:
-            cfg.save_pretrained(tmp)
-            save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _save_weights(tmp, cfg, recipe, model, weights, encoder, enc_scale)
         for f in CODE_FILES:
             shutil.copyfile(HUB_DIR / f, tmp / f)
         extractor.save_pretrained(tmp)

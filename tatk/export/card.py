@@ -31,8 +31,9 @@ def _word_timestamps_support(cfg) -> str:
     return f'Word timestamps: `return_timestamps="word"`, by CTC forced alignment of the transcript with {where}.'
 
 
-def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
-    """README.md with Hub metadata (YAML; values are JSON-quoted, which YAML reads as-is)."""
+def _metadata(cfg, datasets: list[str], license: str, summary: dict | None, name: str) -> list[str]:
+    """The card's YAML front matter: base models, datasets, tags and the model-index of ``summary``
+    (values are JSON-quoted, which YAML reads as-is)."""
     q = json.dumps
     bases = [b for b in (cfg.encoder, cfg.llm) if is_hub_id(b)]
     lines = ["---", "library_name: transformers", "pipeline_tag: automatic-speech-recognition", f"license: {q(license)}"]
@@ -48,7 +49,12 @@ def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | N
         if summary.get("split"):
             lines.append(f"      split: {q(summary['split'])}")
         lines += ["    metrics:", "    - type: wer", f"      value: {round(100 * float(summary['wer']), 2)}", "      name: WER (%)"]
-    lines.append("---")
+    return lines + ["---"]
+
+
+def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
+    """README.md with Hub metadata: what the model is made of, how to use it, what it supports, its evaluation."""
+    lines = _metadata(cfg, datasets, license, summary, name)
     rev = lambda r: f" @ `{r}`" if r else ""
     body = f"""
 # {name}
