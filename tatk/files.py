@@ -1,7 +1,8 @@
-"""Small helpers every stage shares: atomic file writes."""
+"""Small helpers every stage shares: atomic file writes, a file that counts the bytes read through it."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,3 +12,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class CountingFile(io.RawIOBase):
+    """A read-only binary file that counts the bytes read through it (``read_bytes``, and ``counter[0]`` when
+    given, which several files can share): the measure of read amplification. Seeks are free, as on a disk."""
+
+    def __init__(self, f, counter: list[int] | None = None):
+        self.f, self.read_bytes, self.counter = f, 0, counter
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(len(b))
+        b[: len(data)] = data
+        self.read_bytes += len(data)
+        if self.counter is not None:
+            self.counter[0] += len(data)
+        return len(data)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()

@@ -168,13 +168,14 @@ class Corpus:
                 row.audio = b""
             yield row
 
-    def count(self, limit: int | None = None, units: list[Unit] | None = None) -> int | None:
-        """Input rows of ``units`` (default: all) when known without reading audio (listing blocks, the
-        footers of local parquet files), capped at ``limit``; None when one is unknown (a remote file:
-        a progress total is a nicety, never worth a download)."""
+    def count(self, limit: int | None = None, units: list[Unit] | None = None, footers: bool = True) -> int | None:
+        """Input rows of ``units`` (default: all) when known without reading audio (listing blocks; with
+        ``footers``, the footers of local parquet files), capped at ``limit``; None when one is unknown. A
+        progress total is a nicety, never worth a download, nor (``footers=False``, as ``tatk shard`` asks)
+        opening a file another worker owns."""
         total = 0
         for u in self.units if units is None else units:
-            if u.rows is None and "://" in u.path:
+            if u.rows is None and (not footers or "://" in u.path):
                 return None
             total += u.rows if u.rows is not None else parquet_rows(u.path)
         return total if limit is None else min(total, limit)

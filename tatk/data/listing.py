@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tatk.errors import UserError, first_line
+from tatk.files import CountingFile
 
 BLOCK_ROWS = 1000  # rows per unit of a metadata.csv / JSONL listing
 PARQUET_BATCH = 100  # rows per Arrow batch read from a parquet unit (LoquaciousSet writes 100-row groups)
@@ -52,35 +53,6 @@ class Unit:
     def source(self) -> dict:
         """What identifies this unit's input: a done unit whose source differs is redone."""
         return {k: v for k, v in asdict(self).items() if k not in ("index", "header") and v is not None}
-
-
-class CountingFile(io.RawIOBase):
-    """A read-only file that counts the bytes read through it (seeks are free, as on a local disk)."""
-
-    def __init__(self, f):
-        self.f, self.read_bytes = f, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        b[: len(data)] = data
-        self.read_bytes += len(data)
-        return len(data)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self.f.seek(pos, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
 
 
 def url_revision(path: str) -> str | None:

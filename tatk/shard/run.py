@@ -180,9 +180,9 @@ def run_shard(cfg: ShardConfig) -> dict:
     if todo:
         if cfg.store == "features":
             encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, window=cfg.window)
-        # A total (and an ETA) only when this process will do every unit left; with several, who does
-        # what is decided as they go.
-        total = corpus.count(cfg.max_samples, todo) if state.num_processes == 1 else None
+        # A total (and an ETA) only when this process will do every unit left (with several, who does what
+        # is decided as they go) and the units' rows are known without opening their files.
+        total = corpus.count(cfg.max_samples, todo, footers=False) if state.num_processes == 1 else None
         _work(cfg, out, corpus, encoder, book, todo, console, state.is_main_process, timing, done_here, total)
     records = [book.done(u.name) for u in corpus.units]
     missing = [u.name for u, r in zip(corpus.units, records) if r is None]

@@ -16,30 +16,11 @@ import math
 import tarfile
 from typing import Iterator
 
+from tatk.files import CountingFile
+
 
 class BadTar(Exception):
     """A tar that cannot be read to the end of the wanted range (truncated, garbled, missing, unreadable)."""
-
-
-class CountingFile:
-    """A read-only binary file that counts the bytes actually read from it (the read amplification measure)."""
-
-    def __init__(self, path: str, counter: list[int]):
-        self.f, self.counter = open(path, "rb"), counter
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.counter[0] += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def units(counts: list[int], pieces: int) -> list[tuple[int, int, int]]:
@@ -72,7 +53,7 @@ def read_range(path: str, first: int = 0, end: int | None = None, counter: list[
     counter = counter if counter is not None else [0]
     index, key, sample = -1, None, None
     try:
-        f = CountingFile(path, counter)
+        f = CountingFile(open(path, "rb"), counter)
     except OSError as e:
         raise BadTar(f"{path}: {e.strerror or e}") from None
     try:
