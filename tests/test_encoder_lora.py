@@ -142,11 +142,11 @@ def test_audio_store_skips_and_resumes_like_features(speech, tmp_path):
     tars = sorted((tmp_path / "whole").glob("train-*.tar"))
     assert len(tars) >= 2 and manifest["splits"]["train"]["samples"] == len(tar_samples(tmp_path / "whole"))
 
-    # resume: a damaged finished shard and everything after it are redone, to the same bytes
+    # resume: a damaged tar undoes its unit (here the whole 14-row listing), which is redone to the same bytes
     whole = {t.name: t.read_bytes() for t in tars}
     tars[1].write_bytes(whole[tars[1].name][:700])
     proc = run_tatk(*args, "--out", tmp_path / "whole")
-    assert "resuming train: 1 finished shards kept" in proc.stderr
+    assert "units done and kept" not in proc.stderr and "1 / 1" in proc.stderr
     assert {t.name: t.read_bytes() for t in sorted((tmp_path / "whole").glob("train-*.tar"))} == whole
     assert json.loads((tmp_path / "whole" / "manifest.json").read_text())["splits"] == manifest["splits"]
 

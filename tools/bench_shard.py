@@ -37,6 +37,9 @@ from tatk.synthetic.tiny import build_tiny_encoder
 
 def _timed_shard(cfg: ShardConfig, ready, go, results) -> None:
     """One sharding process: wait until every process is up, then shard and report (start, end, figures)."""
+    # A spawned process spawns its DataLoader workers too (each re-importing torch); `tatk shard`
+    # forks them, so fork here as well, or worker start-up would be what this measures.
+    multiprocessing.set_start_method("fork", force=True)
     ready.put(1)
     go.wait()
     start = time.time()
