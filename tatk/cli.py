@@ -167,7 +167,7 @@ def eval_(
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run folder written by `tatk train` (holds metrics.jsonl).")],
-    eval_dirs: Annotated[Optional[list[Path]], typer.Option("--eval", help="`tatk eval` output folder (repeat to set held-out splits side by side); default: the newest one inside the run.")] = None,
+    eval_dirs: Annotated[Optional[list[Path]], typer.Option("--eval", help="`tatk eval` output folder (repeat to set held-out splits side by side); default: every RUN/eval*/ folder, oldest first, else the newest in RUN/checkpoints/.")] = None,
 ) -> None:
     """Write RUN/report/: a PNG of training loss and validation WER, the eval summary, the 10 worst and 10 best utterances;
     with several --eval folders, their WERs side by side (table and held-out.png)."""

@@ -82,11 +82,15 @@ def plot_training(records: list[dict], out: Path) -> Path:
     return _save(fig, out)
 
 
-def find_eval(run_dir: Path) -> Path | None:
-    """The newest ``tatk eval`` output folder inside the run: ``<run>/eval*/`` or ``<run>/checkpoints/*/eval-*/``."""
-    found = [p.parent for pattern in ("eval*/summary.json", "checkpoints/*/eval-*/summary.json")
-             for p in Path(run_dir).glob(pattern)]
-    return max(found, key=lambda p: (p / "summary.json").stat().st_mtime) if found else None
+def find_evals(run_dir: Path) -> list[Path]:
+    """The ``tatk eval`` output folders of a run, oldest first: every ``<run>/eval*/`` (the main job writes
+    one per held-out split), else the newest ``<run>/checkpoints/*/eval-*/``; [] when there is none."""
+    made = lambda p: (p / "summary.json").stat().st_mtime
+    top = sorted((p.parent for p in Path(run_dir).glob("eval*/summary.json")), key=made)
+    if top:
+        return top
+    nested = [p.parent for p in Path(run_dir).glob("checkpoints/*/eval-*/summary.json")]
+    return [max(nested, key=made)] if nested else []
 
 
 def _read_eval(eval_dir: Path) -> tuple[dict, list[dict]]:
@@ -141,9 +145,8 @@ def _splits_section(evals: list[tuple[Path, dict]], out: Path) -> list[str]:
 def write_report(run_dir: str | Path, eval_dirs: list[str | Path] | str | Path | None = None) -> Path:
     """Write ``<run>/report/`` (see the module docstring) and return its path.
 
-    ``eval_dirs``: ``tatk eval`` output folders (one, or several to set side by side); None takes the
-    newest one inside the run (see ``find_eval``), and with none at all the report holds the training
-    curves only.
+    ``eval_dirs``: ``tatk eval`` output folders (one, or several to set side by side); None takes those
+    inside the run (see ``find_evals``), and with none at all the report holds the training curves only.
     """
     run = Path(run_dir)
     records = read_metrics(run)
@@ -152,7 +155,7 @@ def write_report(run_dir: str | Path, eval_dirs: list[str | Path] | str | Path |
     plot_training(records, out / "training.png")
     if isinstance(eval_dirs, (str, Path)):
         eval_dirs = [eval_dirs]
-    paths = [Path(d) for d in eval_dirs] if eval_dirs else [p for p in [find_eval(run)] if p is not None]
+    paths = [Path(d) for d in eval_dirs] if eval_dirs else find_evals(run)
     for path in paths:
         if not path.is_dir():
             raise UserError(f"--eval {path}: no such folder")
