@@ -187,7 +187,7 @@ def run_checks(root: Path, models: dict[str, Path], corpus: Path, steps: int, cp
             rows.append({"check": f"shard, {name} encoder", "audio_h_per_gpu_h": r["audio_s"] / r["wall_s"],
                          "forward_share": r["forward_s"] / r["wall_s"], "peak_gib": r["peak_gib"], "wall_s": r["wall_s"]})
     dims = {"glmasr": 64, "whisper": 64} if cpu else {"glmasr": 1280, "whisper": 1280}
-    base = quick(steps, cpu) + ["eval.max_batches=1", "eval.wer_samples=1", "eval.max_new_tokens=4"]
+    base = quick(steps, cpu) + ["eval.max_samples=2", "eval.wer_samples=1", "eval.max_new_tokens=4"]
 
     def train(name: str, recipe: str, encoder: str, llm: str, data: Path, extra: list[str], launch=None) -> Path:
         run_dir = root / "runs" / re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")

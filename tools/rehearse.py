@@ -33,7 +33,7 @@ FAMILIES = {
 }
 # Small, fast settings on top of each recipe: the shapes stay the family's, only the amount of work shrinks.
 QUICK = ["train.steps=2", "train.save_every=2", "train.log_every=1", "train.eval_every=0", "optim.warmup_steps=1",
-         "data.workers=0", "data.group_size=4", "data.shuffle_buffer=4", "data.round_shards=1", "eval.max_batches=1",
+         "data.workers=0", "data.group_size=4", "data.shuffle_buffer=4", "data.round_shards=1", "eval.max_samples=2",
          "eval.wer_samples=2", "eval.max_new_tokens=8", "log.wandb=off"]
 
 PIPELINE = r"""
