@@ -42,6 +42,15 @@ def loquacious(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here uses one torch thread: float sums, and so the stored fp16 features, depend on the thread
+    count, and `accelerate launch` gives its processes one thread; the byte comparisons need one setting."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
 def _args(loquacious: Path, encoder, out: Path, *extra) -> list[str]:
     return ["shard", "--dataset", str(loquacious), "--subset", "small", "--encoder", str(encoder), "--out", str(out),
             "--batch-size", "1", "--shard-size-mb", "0.02", *map(str, extra)]
