@@ -114,9 +114,10 @@ def test_two_processes_two_workers_match_one_by_one_and_open_each_file_once(refe
     for name, openers in by_file.items():
         assert len(openers) == 1, f"{name} opened {len(openers)} times: {openers}"
         assert openers[0][1] in mains and openers[0][0] not in mains, f"{name}: opened by a non-worker {openers}"
-    # Both processes took part, and their records add up to the corpus exactly once.
     records = [json.loads(p.read_text()) for p in (out / ".state" / "train" / "done").glob("*.json")]
-    assert len({r["by"]["pid"] for r in records}) == 2 and len(records) == 8
+    # Each unit once; the processes that did them are the two started (usually both take part, but a process
+    # that starts late on a busy machine may find every unit claimed: by design, the faster one takes more).
+    assert len(records) == 8 and {r["by"]["pid"] for r in records} <= {p.pid for p in procs}
 
 
 @pytest.mark.slow
@@ -129,7 +130,8 @@ def test_accelerate_launch_two_processes_match_one_by_one(reference, loquacious,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _tars(tmp_path) == _tars(reference)
     records = [json.loads(p.read_text()) for p in (tmp_path / ".state" / "train" / "done").glob("*.json")]
-    assert sum(r["rows"] for r in records) == 40 and len({r["by"]["pid"] for r in records}) == 2
+    assert len(records) == 8 and sum(r["rows"] for r in records) == 40  # each unit once, by either rank
+    assert len({r["by"]["pid"] for r in records}) <= 2
 
 
 def test_workers_2_keeps_every_row_of_a_parquet_corpus(loquacious, tmp_path):
