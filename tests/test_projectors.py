@@ -155,27 +155,18 @@ def test_moe_auxiliary_losses_are_in_the_gradient(base, tmp_path):
     assert trainer.aux_step["balance"].item() == pytest.approx(balance, abs=1e-6)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["projector.moe.top_k=5"], "projector.moe.top_k: 5 is more than the 4 experts"),
-    (["projector.moe.nope=1"], "projector.moe.nope: unknown recipe key"),
-    (["projector.moe.experts=0", "projector.moe.top_k=0"], "projector.moe.experts: must be >= 1"),
-    (["projector.kind=mlp"], "projector.moe: options for kind = \"moe\", but projector.kind is 'mlp'"),
-    (["projector.kind=qformer"], "projector.moe: options for kind = \"moe\", but projector.kind is 'qformer'"),
+@pytest.mark.parametrize("kind, overrides, message", [
+    ("moe", ["projector.moe.top_k=5"], "projector.moe.top_k: 5 is more than the 4 experts"),
+    ("moe", ["projector.moe.nope=1"], "projector.moe.nope: unknown recipe key"),
+    ("moe", ["projector.moe.experts=0", "projector.moe.top_k=0"], "projector.moe.experts: must be >= 1"),
+    ("moe", ["projector.kind=mlp"], "projector.moe: options for kind = \"moe\", but projector.kind is 'mlp'"),
+    ("moe", ["projector.kind=qformer"], "projector.moe: options for kind = \"moe\", but projector.kind is 'qformer'"),
+    ("qformer", ["projector.stack=4"], "projector.qformer.window: 4 frames for 2 queries is not projector.stack (4)"),
+    ("qformer", ["projector.qformer.heads=5"], "projector.qformer.heads: 5 does not divide projector.hidden (64)"),
+    ("qformer", ["projector.qformer.layers=0"], "projector.qformer.layers: must be >= 1"),
 ])
-def test_bad_moe_tables_fail_with_the_key(base, tmp_path, overrides, message):
-    (tmp_path / "r.toml").write_text(kind_recipe(base, tmp_path / "run", "moe"))
-    with pytest.raises(UserError) as e:
-        load_recipe(tmp_path / "r.toml", overrides)
-    assert message in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["projector.stack=4"], "projector.qformer.window: 4 frames for 2 queries is not projector.stack (4)"),
-    (["projector.qformer.heads=5"], "projector.qformer.heads: 5 does not divide projector.hidden (64)"),
-    (["projector.qformer.layers=0"], "projector.qformer.layers: must be >= 1"),
-])
-def test_bad_qformer_tables_fail_with_the_key(base, tmp_path, overrides, message):
-    (tmp_path / "r.toml").write_text(kind_recipe(base, tmp_path / "run", "qformer"))
+def test_bad_projector_tables_fail_with_the_key(base, tmp_path, kind, overrides, message):
+    (tmp_path / "r.toml").write_text(kind_recipe(base, tmp_path / "run", kind))
     with pytest.raises(UserError) as e:
         load_recipe(tmp_path / "r.toml", overrides)
     assert message in str(e.value) and "\n" not in str(e.value)

@@ -13,22 +13,17 @@ def is_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
 
 
-def _word_timestamps(cfg) -> str:
-    """The card's line on word timestamps: with the export's aligner, or how to get them without one."""
+def _word_timestamps(cfg) -> tuple[str, str]:
+    """The card's usage line and its "what it supports" item on word timestamps: with the export's aligner, or
+    how to get them without one."""
     if not getattr(cfg, "aligner", ""):
         return ('# word timestamps: exported without `tatk export --aligner`; give a CTC model per call:\n'
-                'asr("speech.wav", return_timestamps="word", aligner="facebook/wav2vec2-base-960h")["chunks"]')
-    where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
-    return f'asr("speech.wav", return_timestamps="word")["chunks"]  # words, (start, end) s: forced alignment with {where}'
-
-
-def _word_timestamps_support(cfg) -> str:
-    """The card's list item on word timestamps."""
-    if not getattr(cfg, "aligner", ""):
-        return ('Word timestamps: `return_timestamps="word"` with a CTC model given per call (`aligner=`); this export '
+                'asr("speech.wav", return_timestamps="word", aligner="facebook/wav2vec2-base-960h")["chunks"]',
+                'Word timestamps: `return_timestamps="word"` with a CTC model given per call (`aligner=`); this export '
                 "has none of its own (`tatk export --aligner`).")
     where = "the CTC model in `aligner/`" if getattr(cfg, "aligner_subfolder", "") else f"`{cfg.aligner}`"
-    return f'Word timestamps: `return_timestamps="word"`, by CTC forced alignment of the transcript with {where}.'
+    return (f'asr("speech.wav", return_timestamps="word")["chunks"]  # words, (start, end) s: forced alignment with {where}',
+            f'Word timestamps: `return_timestamps="word"`, by CTC forced alignment of the transcript with {where}.')
 
 
 def _metadata(cfg, datasets: list[str], license: str, summary: dict | None, name: str) -> list[str]:
@@ -55,6 +50,7 @@ def _metadata(cfg, datasets: list[str], license: str, summary: dict | None, name
 def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | None, name: str) -> str:
     """README.md with Hub metadata: what the model is made of, how to use it, what it supports, its evaluation."""
     lines = _metadata(cfg, datasets, license, summary, name)
+    usage, support = _word_timestamps(cfg)
     rev = lambda r: f" @ `{r}`" if r else ""
     body = f"""
 # {name}
@@ -79,7 +75,7 @@ asr("speech.wav")["text"]
 asr({{"raw": wave, "sampling_rate": 44100}})            # any rate, resampled to 16 kHz
 asr(["a.wav", "b.flac"], batch_size=8)                  # batched
 asr("long.wav", return_timestamps=True)["chunks"]       # > {cfg.chunk_seconds:g} s is cut at pauses
-{_word_timestamps(cfg)}
+{usage}
 ```
 
 Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16 kHz.
@@ -94,7 +90,7 @@ Needs `soundfile` to decode files and `soxr` to resample audio that is not at 16
 - Inputs: file paths, encoded bytes, arrays at any sampling rate, lists with `batch_size`; audio longer than
   {cfg.chunk_seconds:g} s is cut at pauses (`return_timestamps=True` gives the chunks' times).
 - {"Self-contained: every weight is in this repository." if cfg.merged else "Loads its base encoder and LLM from their own repositories."}
-- {_word_timestamps_support(cfg)}
+- {support}
 """
     if summary:
         body += f"""
