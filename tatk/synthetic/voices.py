@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class Speaking:
     snr_db: tuple[float, float] = (15.0, 15.0)
 
 
+@cache  # asked once per utterance by the corpus plan; the answer is a file read and a regex
 def variant_sex(variant: str) -> str:
     """``male`` / ``female`` from the variant file's ``gender`` line (espeak-ng's default, male, without one)."""
     import espeakng_loader
