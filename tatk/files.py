@@ -1,10 +1,17 @@
-"""Small helpers every stage shares: atomic file writes, a file that counts the bytes read through it."""
+"""Small helpers every stage shares: atomic file writes, a file that counts the bytes read through it, and
+whether a model name is a Hub id or a local path."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
+
+
+def is_hub_id(name: str) -> bool:
+    """A Hub repository id (``owner/name``) that is not also a local path (``./runs/x`` or an existing folder)."""
+    return bool(re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name)) and not Path(name).exists()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from tatk.errors import UserError, first_line
+from tatk.files import is_hub_id
 from tatk.evaluate.reading import Item, audio_items, shard_items
 
 DEFAULT_MAX_NEW_TOKENS = 128  # tatk exports and Hub ids carry no recipe
@@ -89,8 +90,7 @@ class Evaluated:
         from tatk.train.recipe import load_recipe
 
         path = Path(self.name)
-        hub_id = not path.exists() and not self.name.endswith(":best") and re.fullmatch(r"[\w.-]+/[\w.-]+", self.name) and not self.name.startswith((".", "~"))
-        if hub_id or (path.is_dir() and not (path / "recipe.toml").is_file()):
+        if is_hub_id(self.name) or (path.is_dir() and not (path / "recipe.toml").is_file()):
             raise UserError(f"{self.name}: shard mode (--data) needs a tatk checkpoint or run folder "
                             "(export folders, baselines and Hub ids: evaluate on audio with --dataset or --local)")
         ckpt = self._checkpoint()

@@ -21,7 +21,8 @@ import torch
 
 from tatk.errors import UserError, first_line
 from tatk.export.aligner import bundle_aligner, check_aligner, config_fields
-from tatk.export.card import is_hub_id, model_card
+from tatk.export.card import model_card
+from tatk.files import is_hub_id
 
 HUB_DIR = Path(__file__).parents[1] / "model"
 CODE_FILES = ("configuration_tatk.py", "modeling_tatk.py", "pipeline_tatk.py", "encoder.py", "projectors.py", "mixtures.py",

@@ -4,13 +4,8 @@ with the eval result) and a short description of the parts and how to use them."
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
-
-def is_hub_id(name: str) -> bool:
-    """A Hub repository id (``owner/name``) that is not also a local path."""
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+from tatk.files import is_hub_id
 
 
 def _word_timestamps(cfg) -> tuple[str, str]:
