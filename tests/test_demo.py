@@ -219,3 +219,19 @@ def test_char_tokenizer_is_one_token_per_character():
     assert len(ids) == len(text) and tok.decode(ids) == text
     bpe = train_tokenizer(["the red boat sailed"] * 50, vocab_size=300)
     assert len(bpe("the red boat", add_special_tokens=False).input_ids) < len("the red boat")
+
+
+def test_bpe_tokenizer_learns_whole_words_and_the_prompt_text():
+    """With room in its vocabulary, the demo's BPE tokenizer makes every corpus word and the prompt's words one
+    token each (as a real LLM vocabulary does): fewer decoder positions per row, the step's main cost."""
+    from tatk.synthetic.sentences import make_splits
+    from tatk.synthetic.tinyllm import train_tokenizer
+    from tatk.train.speechlm import build_layout
+
+    texts = [t.lower() for t in make_splits(300, 0, 0, seed=1)["train"]]
+    tok = train_tokenizer(texts, vocab_size=2000)
+    assert all(len(tok(t, add_special_tokens=False).input_ids) == len(t.split()) for t in texts)
+    layout = build_layout(tok, "Transcribe: ")
+    tokens = [tok.convert_ids_to_tokens(ids) for ids in (layout.prefix, layout.suffix)]
+    assert tokens == [["<|im_start|>", "user", "Ċ", "Transcribe", ":", "Ġ"],  # then the audio, then:
+                      ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"]]

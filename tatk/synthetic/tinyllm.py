@@ -43,6 +43,11 @@ WORDS = (
 
 TOKENIZERS = ("bpe", "char")
 
+# The text a Qwen3-style ASR prompt adds around the audio and the transcript (CHAT_TEMPLATE with the roles and
+# the default instruction, special tokens removed). A BPE tokenizer trained beside it learns these words as
+# single tokens, as a real LLM vocabulary has them: the demo's prompt shrinks from ~30 tokens to ~16.
+TEMPLATE_TEXT = "system\nuser\nTranscribe: \nassistant\n\n\n"
+
 
 def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe") -> PreTrainedTokenizerFast:
     """Train a byte-level tokenizer on ``texts`` and wrap it with Qwen3-style special tokens and template.
@@ -55,6 +60,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe") 
         raise ValueError(f"tokenizer kind must be one of {TOKENIZERS}, not {kind!r}")
     if kind == "char":
         vocab_size = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())  # alphabet only: no merge fits
+    else:
+        texts = list(texts) + [TEMPLATE_TEXT] * len(texts)  # as frequent as the transcripts: every row has one
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
