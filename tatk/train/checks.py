@@ -55,7 +55,8 @@ def _check_values(r: Recipe) -> None:
                "features.window": (r.features.window, ("", "30s", "fit")),
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
                "log.wandb": (r.log.wandb, ("auto", "offline", "off")),
-               "train.keep_best": (r.train.keep_best, ("", "wer", "val_loss"))}
+               "train.keep_best": (r.train.keep_best, ("", "wer", "val_loss")),
+               "train.precision": (r.train.precision, ("auto", "bf16", "fp32"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}")

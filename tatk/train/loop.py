@@ -93,8 +93,11 @@ class Trainer:
         self.tracker = wandb_mode(self.recipe.log.wandb)
         # DeepSpeed on CPU (the tests) has no NCCL: its process group must be told to use gloo
         cpu_deepspeed = not self.cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-        # bf16 autocast on GPU (tensor cores); exact fp32 on CPU, where bf16 is slow and breaks exact-loss tests
-        accelerator = Accelerator(mixed_precision="bf16" if self.cuda else "no", log_with="wandb" if self.tracker else None,
+        # auto: bf16 autocast on GPU (tensor cores); exact fp32 on CPU, where bf16 is slow without AVX512-BF16 / AMX
+        # and would break the exact-loss tests. The demo asks for bf16: on this project's CPUs it halves the step.
+        precision = self.recipe.train.precision
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.cuda)
+        accelerator = Accelerator(mixed_precision="bf16" if self.bf16 else "no", log_with="wandb" if self.tracker else None,
                                   project_dir=str(self.run_dir),
                                   kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None)
         if deepspeed_stage(accelerator) is not None:
@@ -104,11 +107,11 @@ class Trainer:
     def _build(self, resume: bool) -> None:
         """Model, optimizer, scheduler and data position, prepared and registered for checkpointing.
 
-        A frozen or LoRA'd LLM keeps bf16 weights on GPU (never updated: half the memory); a fully trained
-        one keeps fp32 master weights under bf16 autocast. Projector and adapters are fp32."""
+        Under bf16 on GPU a frozen or LoRA'd LLM keeps bf16 weights (never updated: half the memory); a fully
+        trained one keeps fp32 master weights under bf16 autocast, as every LLM does on CPU. Projector and adapters are fp32."""
         r, acc = self.recipe, self.accelerator
         stats = read_split(r.data.train[0].path, r.data.train[0].split).get("stats")
-        model = build_model(r, stats, torch.bfloat16 if self.cuda and r.model.decoder != "full" else torch.float32)
+        model = build_model(r, stats, torch.bfloat16 if self.bf16 and self.cuda and r.model.decoder != "full" else torch.float32)
         if r.model.init_from and not resume:  # stage chaining: start from the previous stage's weights
             load_weights(model, Path(r.model.init_from), allow_new=True)
             self.console.print(f"loaded trained weights from {r.model.init_from}")

@@ -136,6 +136,7 @@ class TrainConfig:
     save_every: int = 1000  #: steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 3  #: newest checkpoints kept on disk
     keep_best: str = ""  #: "" (off) | wer | val_loss: also keep the checkpoint with the lowest such validation value as <run>/best (`tatk eval RUN:best`, `tatk export RUN:best`); a validation that improves it saves a checkpoint
+    precision: str = "auto"  #: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 (autocast on any device: on a CPU, fast only with AVX512-BF16 or AMX instructions) | fp32; trained weights stay fp32 either way
     gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 
