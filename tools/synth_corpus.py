@@ -33,7 +33,7 @@ def main() -> None:
                         help="rows per parquet file (each file is one unit of work for `tatk shard`)")
     parser.add_argument("--held-out", action="store_true", help="add the test_order and test_noisy splits (--test each)")
     parser.add_argument("--listen", action="store_true", help="scrambled sentences, 26 voices and noise in training")
-    parser.add_argument("--scrambled", type=float, default=0.3, help="with --listen: share of scrambled training sentences")
+    parser.add_argument("--scrambled", type=float, default=0.5, help="with --listen: share of scrambled training sentences")
     parser.add_argument("--train-noise", type=float, default=0.3,
                         help="with --listen: share of training clips with noise at 10-30 dB SNR")
     args = parser.parse_args()
