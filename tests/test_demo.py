@@ -1,5 +1,5 @@
 """The main job (`bash tools/demo.sh`) at a CI-sized setting, plus the pieces it is made of: SpecAugment
-masks, the character tokenizer, `tatk report`, and run-to-run determinism of training and eval."""
+masks, the character and whole-word tokenizers, `tatk report`, and run-to-run determinism of training and eval."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ exactly like a Hub id, so training code never needs a "tiny" branch. The chat te
 (``<|im_start|>role\\n...<|im_end|>`` turns, an empty ``<think></think>`` block when
 ``enable_thinking=False``), which is the path the real models take through ``apply_chat_template``.
 
-    python -m tatk.synthetic.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer char --hidden 256 --layers 4
+    python -m tatk.synthetic.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer bpe --bpe-vocab 2000 --hidden 256 --layers 4
 """
 
 from __future__ import annotations
