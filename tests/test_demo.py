@@ -229,9 +229,11 @@ def test_bpe_tokenizer_learns_whole_words_and_the_prompt_text():
     from tatk.train.speechlm import build_layout
 
     texts = [t.lower() for t in make_splits(300, 0, 0, seed=1)["train"]]
-    tok = train_tokenizer(texts, vocab_size=2000)
+    tok = train_tokenizer(texts, vocab_size=2000, prompt_words=True)
     assert all(len(tok(t, add_special_tokens=False).input_ids) == len(t.split()) for t in texts)
     layout = build_layout(tok, "Transcribe: ")
     tokens = [tok.convert_ids_to_tokens(ids) for ids in (layout.prefix, layout.suffix)]
     assert tokens == [["<|im_start|>", "user", "Ċ", "Transcribe", ":", "Ġ"],  # then the audio, then:
                       ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"]]
+    plain = build_layout(train_tokenizer(texts, vocab_size=2000), "Transcribe: ")  # the prompt's words not learnt
+    assert len(plain.prefix) + len(plain.suffix) >= len(layout.prefix) + len(layout.suffix) + 10  # 29 vs 15 here

@@ -44,7 +44,7 @@ if [ "$(cat "$DIR/corpus/.sizes" 2>/dev/null)" != "$sizes" ]; then
 fi
 [ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder"
 [ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.synthetic.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
-    --tokenizer bpe --bpe-vocab 2000 --hidden 256 --layers 4
+    --tokenizer bpe --bpe-vocab 2000 --prompt-words --hidden 256 --layers 4
 for split in train dev test test_order test_noisy; do
     stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \
         --encoder "$DIR/encoder" --out "$SHARDS" --window fit

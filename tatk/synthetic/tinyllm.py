@@ -5,7 +5,7 @@ exactly like a Hub id, so training code never needs a "tiny" branch. The chat te
 (``<|im_start|>role\\n...<|im_end|>`` turns, an empty ``<think></think>`` block when
 ``enable_thinking=False``), which is the path the real models take through ``apply_chat_template``.
 
-    python -m tatk.synthetic.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer bpe --bpe-vocab 2000 --hidden 256 --layers 4
+    python -m tatk.synthetic.tinyllm runs/demo/llm --corpus runs/demo/corpus --tokenizer bpe --bpe-vocab 2000 --prompt-words --hidden 256 --layers 4
 """
 
 from __future__ import annotations
@@ -44,24 +44,27 @@ WORDS = (
 TOKENIZERS = ("bpe", "char")
 
 # The text a Qwen3-style ASR prompt adds around the audio and the transcript (CHAT_TEMPLATE with the roles and
-# the default instruction, special tokens removed). A BPE tokenizer trained beside it learns these words as
-# single tokens, as a real LLM vocabulary has them: the demo's prompt shrinks from ~30 tokens to ~16.
+# the default instruction, special tokens removed). A BPE tokenizer trained beside it (prompt_words=True)
+# learns these words as single tokens, as a real LLM vocabulary has them: the demo's prompt shrinks from
+# ~30 tokens to 15.
 TEMPLATE_TEXT = "system\nuser\nTranscribe: \nassistant\n\n\n"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe") -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe",
+                    prompt_words: bool = False) -> PreTrainedTokenizerFast:
     """Train a byte-level tokenizer on ``texts`` and wrap it with Qwen3-style special tokens and template.
 
     ``kind="bpe"``: up to ``vocab_size`` tokens, merges learnt from ``texts`` (frequent words become one
     token, as in a real LLM vocabulary). ``kind="char"``: the same byte-level BPE with no merges at all,
     so every character is one token (longer targets, but each token is easier to hear).
+    ``prompt_words``: BPE also learns ``TEMPLATE_TEXT``, as often as the transcripts (every row has a prompt).
     """
     if kind not in TOKENIZERS:
         raise ValueError(f"tokenizer kind must be one of {TOKENIZERS}, not {kind!r}")
     if kind == "char":
         vocab_size = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())  # alphabet only: no merge fits
-    else:
-        texts = list(texts) + [TEMPLATE_TEXT] * len(texts)  # as frequent as the transcripts: every row has one
+    elif prompt_words:
+        texts = list(texts) + [TEMPLATE_TEXT] * len(texts)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -77,19 +80,20 @@ def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe") 
 
 
 def build_tiny_llm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 0,
-                   texts: list[str] | None = None, tokenizer: str = "bpe", bpe_vocab: int = 600) -> Path:
+                   texts: list[str] | None = None, tokenizer: str = "bpe", bpe_vocab: int = 600,
+                   prompt_words: bool = False) -> Path:
     """Save a seeded random Qwen3 causal LM (``layers`` × ``hidden``, 4 heads) and its tokenizer to
     ``out_dir``; return the folder.
 
-    The tokenizer (``tokenizer``: ``"bpe"`` with ``bpe_vocab`` tokens, or ``"char"``; see
-    ``train_tokenizer``) is trained on ``texts`` (default: sentences of ``WORDS``), e.g. a corpus's transcripts.
+    The tokenizer (``tokenizer``: ``"bpe"`` with ``bpe_vocab`` tokens and ``prompt_words``, or ``"char"``;
+    see ``train_tokenizer``) is trained on ``texts`` (default: sentences of ``WORDS``), e.g. a corpus's transcripts.
 
     The embedding has spare rows past the tokenizer, as Qwen3's does (151936 rows for ~151.7k tokens);
     ``vocab_size`` (0: tokenizer size + 11) sets the row count, e.g. 151936 to time a Qwen3-sized LM head.
     """
     out = Path(out_dir)
     texts = texts or [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
-    tok = train_tokenizer(texts, bpe_vocab, tokenizer)
+    tok = train_tokenizer(texts, bpe_vocab, tokenizer, prompt_words)
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=vocab_size or len(tok) + 11, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -157,6 +161,8 @@ if __name__ == "__main__":
     parser.add_argument("--layers", type=int, default=2, help="decoder layers")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="bpe")
     parser.add_argument("--bpe-vocab", type=int, default=600, help="BPE vocabulary size (--tokenizer bpe)")
+    parser.add_argument("--prompt-words", action="store_true",
+                        help="BPE also learns the chat prompt's words as tokens (--tokenizer bpe)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     texts = None
@@ -165,6 +171,6 @@ if __name__ == "__main__":
 
         texts = [t.lower() for f in sorted(args.corpus.rglob("*train*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
     out = build_tiny_llm(args.out_dir, seed=args.seed, hidden=args.hidden, layers=args.layers, texts=texts,
-                         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab)
+                         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab, prompt_words=args.prompt_words)
     n = sum(p.numel() for p in Qwen3ForCausalLM.from_pretrained(out).parameters())
     print(f"{out}: {n / 1e6:.2f}M parameters, {args.tokenizer} tokenizer")
