@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from tatk.errors import UserError, first_line
-from tatk.files import is_hub_id
 from tatk.evaluate.reading import Item, audio_items, shard_items
+from tatk.files import is_hub_id
 
 DEFAULT_MAX_NEW_TOKENS = 128  # tatk exports and Hub ids carry no recipe
 Runner = tuple[Callable[[list[Item]], list[str]], dict, Iterator[Item], dict[str, int]]
