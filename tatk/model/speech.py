@@ -75,14 +75,22 @@ class PromptLayout:
 class SpeechDecoding:
     """Splicing and decoding (greedy, or beam search) for a module with ``llm``, ``norm``, ``projector`` and ``layout``."""
 
+    def project(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected frames (B, T', H) of features (B, T, D) with lengths (B,), and each row's valid count n_out (B,)."""
+        audio = self.projector(self.norm(feats, feat_lens), feat_lens)
+        n_out = torch.tensor([self.projector.output_length(int(n)) for n in feat_lens], device=feats.device)
+        return audio, n_out
+
     def embed(self, input_ids: torch.Tensor, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, L, H) with projected frames written over the audio placeholders.
 
         feats (B, T, D), feat_lens (B,); row b must hold exactly output_length(feat_lens[b]) placeholders.
         """
-        audio = self.projector(self.norm(feats, feat_lens), feat_lens)  # (B, T', H)
-        n_out = torch.tensor([self.projector.output_length(int(n)) for n in feat_lens], device=feats.device)
-        frames = audio[torch.arange(audio.shape[1], device=feats.device)[None, :] < n_out[:, None]]  # (ΣT', H)
+        return self.splice(input_ids, *self.project(feats, feat_lens))
+
+    def splice(self, input_ids: torch.Tensor, audio: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, L, H) of ``input_ids`` with the first n_out[b] of ``audio`` (B, T', H) written over row b's placeholders."""
+        frames = audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < n_out[:, None]]  # (ΣT', H)
         is_audio = input_ids == self.layout.audio_id
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_audio, self.layout.pad_id))
         return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))

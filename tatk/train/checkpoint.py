@@ -154,6 +154,8 @@ def load_weights(model, path: Path, allow_new: bool = False) -> None:
     """
     weights = read_weights(path)
     own = model.state_dict()
+    if allow_new:  # an earlier stage's CTC head (train.ctc_weight) is training-only: a stage without one leaves it
+        weights = {k: v for k, v in weights.items() if k in own or not k.startswith("ctc_head.")}
     unknown = sorted(set(weights) - set(own))
     if unknown:
         raise UserError(f"{path}: weight {unknown[0]!r} does not exist in the model this recipe builds")

@@ -71,7 +71,8 @@ def _check_values(r: Recipe) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
-    for key, value in {"eval.max_samples": r.eval.max_samples, "eval.wer_samples": r.eval.wer_samples}.items():
+    for key, value in {"eval.max_samples": r.eval.max_samples, "eval.wer_samples": r.eval.wer_samples,
+                       "train.ctc_weight": r.train.ctc_weight}.items():
         if value < 0:
             raise UserError(f"{key}: must be >= 0, got {value}")
     if r.data.max_bad_tars < -1:

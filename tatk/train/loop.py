@@ -76,7 +76,8 @@ class Trainer:
             self.start = int(found[-1].name.split("-")[1])
             self.console.print(f"resumed from {found[-1]} (step {self.start})")
         self.batches = iter(train_loader(recipe, self.codec, self.position, pin_memory=self.cuda))
-        self.aux_weights = aux_weights(recipe.projector)  # {name: weight} of the projector's auxiliary losses (moe)
+        # {name: weight} of the auxiliary losses: the projector's (moe) and the CTC head's
+        self.aux_weights = aux_weights(recipe.projector) | ({"ctc": recipe.train.ctc_weight} if recipe.train.ctc_weight else {})
         self.aux_step: dict[str, torch.Tensor] = {}
 
     def _check_resume(self, ckpt: Path) -> None:
@@ -198,7 +199,7 @@ class Trainer:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             with self.updates.micro(last=i == len(micro_batches) - 1):
                 loss = self.model(batch, reduction="sum") / n_labels
-                aux = acc.unwrap_model(self.model).projector.aux_losses if self.aux_weights else {}
+                aux = acc.unwrap_model(self.model).aux_losses if self.aux_weights else {}
                 # each micro-batch's auxiliary losses count 1/grad_accum, like its share of the label tokens
                 self.updates.backward(loss + sum(self.aux_weights[k] * v for k, v in aux.items()) / len(micro_batches))
             loss_sum += loss.detach().float()

@@ -68,13 +68,19 @@ class SpeechLM(SpeechDecoding, nn.Module):
     ``decoder`` says what of the LLM trains: ``frozen`` (nothing), ``lora`` (``llm`` is a PEFT model
     whose adapters train) or ``full`` (every weight). ``encoder`` (tatk.train.tower.AudioTower, for audio
     shards) runs the audio encoder first: ``feats`` are then its prepared inputs (B, C, S), not features.
+    ``ctc`` adds a CTC head on the projected frames (train.ctc_weight): a training forward leaves its loss in
+    ``aux_losses``; checkpoints keep the head, exports leave it out.
     """
 
     def __init__(self, llm: nn.Module, tokenizer, layout: PromptLayout, norm: FeatureNorm, projector: nn.Module,
-                 decoder: str = "frozen", encoder: nn.Module | None = None):
+                 decoder: str = "frozen", encoder: nn.Module | None = None, ctc: bool = False):
         super().__init__()
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
         self.norm, self.projector, self.decoder, self.encoder = norm, projector, decoder, encoder
+        # train.ctc_weight: a linear CTC head over the LLM's vocabulary + blank on the projected frames, for training only
+        width, vocab = llm.get_input_embeddings().weight.shape[::-1]
+        self.ctc_head = nn.Linear(width, vocab + 1) if ctc else None
+        self.ctc = torch.zeros(())
         if decoder == "frozen":
             self.llm.requires_grad_(False)
             self.llm.eval()
@@ -95,11 +101,31 @@ class SpeechLM(SpeechDecoding, nn.Module):
         keep |= {f"norm.{n}" for n, _ in self.norm.named_buffers()}
         return {k: v for k, v in self.state_dict().items() if k in keep}
 
-    def embed(self, input_ids: torch.Tensor, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
-        """As SpeechDecoding.embed; with an encoder inside, ``feats`` (B, C, S) become its frames (B, T, D) first."""
+    def project(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As SpeechDecoding.project; with an encoder inside, ``feats`` (B, C, S) become its frames (B, T, D) first."""
         if self.encoder is not None:
             feats = self.encoder(feats, feat_lens)
-        return super().embed(input_ids, feats, feat_lens)
+        return super().project(feats, feat_lens)
+
+    @property
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """The last training forward's auxiliary losses (unweighted): the projector's (moe) and ``ctc``."""
+        return {**getattr(self.projector, "aux_losses", {}), **({"ctc": self.ctc} if self.ctc_head is not None else {})}
+
+    def ctc_loss(self, audio: torch.Tensor, n_out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CTC loss of each row's transcript tokens on its projected frames, per transcript token.
+
+        audio (B, T', H) and n_out (B,) from ``project``; labels (B, L) as in a training row (IGNORE outside
+        transcript + end token; the end token is not a CTC target). The blank is an extra class after the
+        vocabulary. A row with more targets than frames cannot be aligned: it contributes 0 (zero_infinity).
+        """
+        has = labels != IGNORE
+        count = has.sum(1)
+        targets = labels[has & (has.cumsum(1) < count[:, None])]  # (ΣN,): every row's labels but its last
+        log_probs = self.ctc_head(audio).float().log_softmax(-1).transpose(0, 1)  # (T', B, V + 1)
+        loss = F.ctc_loss(log_probs, targets, n_out, count - 1, blank=self.ctc_head.out_features - 1,
+                          reduction="sum", zero_infinity=True)
+        return loss / (count - 1).sum().clamp_min(1)
 
     def forward(self, batch: dict[str, torch.Tensor], label_logits_only: bool = True, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy over transcript + end tokens of a batch from ``tatk.train.stream.collate``: their mean,
@@ -109,7 +135,10 @@ class SpeechLM(SpeechDecoding, nn.Module):
         as much as a large share of the LLM. Only positions whose next token is a label need logits, so
         hidden states are gathered there first ((N, H) instead of (B, L, H)).
         """
-        embeds = self.embed(batch["input_ids"], batch["feats"], batch["feat_lens"])
+        audio, n_out = self.project(batch["feats"], batch["feat_lens"])
+        if self.ctc_head is not None and self.training:
+            self.ctc = self.ctc_loss(audio, n_out, batch["labels"])
+        embeds = self.splice(batch["input_ids"], audio, n_out)
         # get_decoder(): the transformer body without the LM head (reached through a PEFT wrapper too)
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
         targets = batch["labels"][:, 1:]
@@ -170,4 +199,4 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
         from tatk.train.tower import build_tower
 
         encoder = build_tower(recipe, llm_dtype)
-    return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder, encoder)
+    return SpeechLM(llm, tokenizer, layout, norm, projector, recipe.model.decoder, encoder, ctc=recipe.train.ctc_weight > 0)
