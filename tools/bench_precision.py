@@ -48,7 +48,7 @@ def main() -> None:
         t = time.perf_counter()
         for b in batches:
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-                loss = model(b)
+                loss = model(b) + recipe.train.ctc_weight * model.aux_losses.get("ctc", 0.0)  # as the loop's loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -81,5 +81,7 @@ if __name__ == "__main__":
     parser.add_argument("kind", choices=ENCODER_KINDS)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=64, help="width (the features' dim)")
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers")
     args = parser.parse_args()
-    print(build_tiny_encoder(args.kind, args.out_dir, seed=args.seed))
+    print(build_tiny_encoder(args.kind, args.out_dir, seed=args.seed, hidden=args.hidden, layers=args.layers))
