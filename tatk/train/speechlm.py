@@ -77,9 +77,10 @@ class SpeechLM(SpeechDecoding, nn.Module):
         super().__init__()
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
         self.norm, self.projector, self.decoder, self.encoder = norm, projector, decoder, encoder
-        # train.ctc_weight: a linear CTC head over the LLM's vocabulary + blank on the projected frames, for training only
-        width, vocab = llm.get_input_embeddings().weight.shape[::-1]
-        self.ctc_head = nn.Linear(width, vocab + 1) if ctc else None
+        # train.ctc_weight: a linear CTC head over the LLM's vocabulary + blank on the projected frames, for training
+        # only. Sizes from the embedding's attributes: under ZeRO-3 its weight is a partitioned, empty tensor.
+        emb = llm.get_input_embeddings()
+        self.ctc_head = nn.Linear(emb.embedding_dim, emb.num_embeddings + 1) if ctc else None
         self.ctc = torch.zeros(())
         if decoder == "frozen":
             self.llm.requires_grad_(False)
