@@ -18,6 +18,7 @@ import torch
 
 from tatk.shard.format import read_split
 from tatk.train.collate import Codec
+from tatk.train.loop import aux_loss_weights
 from tatk.train.position import DataPosition
 from tatk.train.recipe import load_recipe
 from tatk.train.speechlm import build_model
@@ -40,6 +41,7 @@ def main() -> None:
     samples = sum(b["n_samples"] for b in raw) / len(raw)
     batches = [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in raw]
     initial = copy.deepcopy(model.state_dict())
+    weights = aux_loss_weights(recipe)
 
     def run(bf16: bool) -> float:
         """Seconds per step over the batches, from the same initial weights and a fresh optimizer."""
@@ -48,7 +50,8 @@ def main() -> None:
         t = time.perf_counter()
         for b in batches:
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-                loss = model(b) + recipe.train.ctc_weight * model.aux_losses.get("ctc", 0.0)  # as the loop's loss
+                loss = model(b)
+                loss = loss + sum(w * model.aux_losses[k] for k, w in weights.items())  # as the loop's loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

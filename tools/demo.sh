@@ -35,14 +35,15 @@ stage() {  # stage NAME COMMAND...: run it, note its wall time
 
 # A corpus of other sizes (or seed, or an older demo's corpus or encoder) invalidates everything built from it.
 LISTEN=${DEMO_LISTEN:-1}
-sizes="train=$TRAIN dev=$DEV test=$TEST seed=$SEED listen=$LISTEN held-out=1 tokenizer=bpe2000 encoder=2x128"
+ENCODER_WIDTH=128  # recipes/demo.toml's features.dim
+sizes="train=$TRAIN dev=$DEV test=$TEST seed=$SEED listen=$LISTEN held-out=1 tokenizer=bpe2000 encoder=2x$ENCODER_WIDTH"
 if [ "$(cat "$DIR/corpus/.sizes" 2>/dev/null)" != "$sizes" ]; then
     rm -rf "$DIR/corpus" "$DIR/encoder" "$DIR/llm" "$SHARDS"
     stage synthesize python tools/synth_corpus.py "$DIR/corpus" --layout parquet \
         --train "$TRAIN" --dev "$DEV" --test "$TEST" --seed "$SEED" --held-out $([ "$LISTEN" = 1 ] && echo --listen)
     echo "$sizes" > "$DIR/corpus/.sizes"
 fi
-[ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder" --hidden 128
+[ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder" --hidden "$ENCODER_WIDTH"
 [ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.synthetic.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
     --tokenizer bpe --bpe-vocab 2000 --prompt-words --hidden 256 --layers 4
 for split in train dev test test_order test_noisy; do

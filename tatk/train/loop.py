@@ -76,8 +76,7 @@ class Trainer:
             self.start = int(found[-1].name.split("-")[1])
             self.console.print(f"resumed from {found[-1]} (step {self.start})")
         self.batches = iter(train_loader(recipe, self.codec, self.position, pin_memory=self.cuda))
-        # {name: weight} of the auxiliary losses: the projector's (moe) and the CTC head's
-        self.aux_weights = aux_weights(recipe.projector) | ({"ctc": recipe.train.ctc_weight} if recipe.train.ctc_weight else {})
+        self.aux_weights = aux_loss_weights(recipe)
         self.aux_step: dict[str, torch.Tensor] = {}
 
     def _check_resume(self, ckpt: Path) -> None:
@@ -274,6 +273,12 @@ class Trainer:
             timing = self.progress.logged(stats)
             self.console.print(f"step {step:>6}/{self.recipe.train.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
                                + f"  {timing}")
+
+
+def aux_loss_weights(recipe: Recipe) -> dict[str, float]:
+    """{name: weight} of the auxiliary losses a training forward leaves in ``SpeechLM.aux_losses``: the
+    projector's (moe) and the CTC head's (train.ctc_weight)."""
+    return aux_weights(recipe.projector) | ({"ctc": recipe.train.ctc_weight} if recipe.train.ctc_weight else {})
 
 
 def wandb_mode(setting: str) -> str | None:
