@@ -1,5 +1,5 @@
 """The main job (`bash tools/demo.sh`) at a CI-sized setting, plus the pieces it is made of: SpecAugment
-masks, the character and whole-word tokenizers, `tatk report`, and run-to-run determinism of training and eval."""
+masks and token swaps, the character and whole-word tokenizers, `tatk report`, and run-to-run determinism of training and eval."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_tatk
 
-from tatk.train.augment import augment_batch, enabled, mask_features
+from tatk.train.augment import augment_batch, mask_features, masks, swap_tokens
 
 # CI size: ~2 minutes on 2 quiet cores. Smaller batches and one validation at the end keep steps cheap.
 SIZES = {"DEMO_TRAIN": "160", "DEMO_DEV": "8", "DEMO_TEST": "12", "DEMO_STEPS": "24",
@@ -145,7 +145,7 @@ def test_same_seed_same_losses_and_transcripts(demo, tmp_path):
     assert len(outs[0][1]) == 6 and outs[0][1] == outs[1][1]
 
 
-# --- SpecAugment masks (tatk/train/augment.py)
+# --- SpecAugment masks and token swaps (tatk/train/augment.py)
 
 
 @dataclass
@@ -168,7 +168,7 @@ def test_masks_fill_bands_with_the_clip_mean_and_are_seeded():
     rows, cols = changed.all(1), changed.all(0)  # fully masked frames / dimensions
     assert rows.sum() <= 2 * 10 and cols.sum() <= 2 * 8 and (rows.any() or cols.any())
     assert np.array_equal(mask_features(x, Masks(0, 10, 0, 8), np.random.default_rng(7)), x)
-    assert not enabled(Masks(0, 10, 0, 8)) and enabled(Masks(1, 10, 0, 0))
+    assert not masks(Masks(0, 10, 0, 8)) and masks(Masks(1, 10, 0, 0))
     short = np.ones((8, 4), np.float16) * np.arange(8, dtype=np.float16)[:, None]
     masked = mask_features(short, Masks(3, 50, 0, 0), np.random.default_rng(1))
     assert (masked != short).any(1).sum() <= 3 * (8 // 5)  # a time mask spans at most a fifth of the clip
@@ -187,7 +187,7 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
     base = prepare_tiny(tmp_path)
     path = tmp_path / "r.toml"
     path.write_text(tiny_recipe(base, tmp_path / "run", augment={"time_masks": 2, "time_width": 4, "freq_masks": 1,
-                                                                  "freq_width": 4}))
+                                                                  "freq_width": 4, "token_swap": 0.3}))
     recipe = load_recipe(path, [])
     from tatk.train.collate import Codec
 
@@ -203,11 +203,38 @@ def test_masked_training_batches_replay_identically_when_resumed(tmp_path):
     resumed = next(stream(first[2]["position"]))
     assert resumed["position"][:3] == first[3]["position"][:3] == (0, 0, 3)
     assert torch.equal(resumed["feats"], first[3]["feats"]) and resumed["keys"] == first[3]["keys"]
+    assert torch.equal(resumed["input_ids"], first[3]["input_ids"])
     recipe.augment.time_masks = recipe.augment.freq_masks = 0
+    recipe.augment.token_swap = 0.0
     plain = [next(b) for b in [stream()] for _ in range(4)]
-    assert [b["keys"] for b in plain] == [b["keys"] for b in first]  # masking does not change the data order
+    assert [b["keys"] for b in plain] == [b["keys"] for b in first]  # augmenting does not change the data order
     assert any(not torch.equal(p["feats"], f["feats"]) for p, f in zip(plain, first))
+    assert any(not torch.equal(p["input_ids"], f["input_ids"]) for p, f in zip(plain, first))
+    assert all(torch.equal(p["labels"], f["labels"]) for p, f in zip(plain, first))
     assert augment_batch([], recipe.augment, np.random.default_rng(0)) == []
+
+
+def test_token_swaps_touch_only_the_transcript_history_and_are_seeded():
+    import torch
+
+    from tatk.model.speech import IGNORE
+
+    # 64 rows: prompt 3 + audio 4 + transcript 20 tokens (ids 100..119 plus the row number) + end 7, then padding.
+    ids, labels = torch.zeros(64, 40, dtype=torch.long), torch.full((64, 40), IGNORE)
+    for b in range(64):
+        text = torch.arange(100, 120) + 1000 * b
+        ids[b, :3], ids[b, 3:7], ids[b, 7:27], ids[b, 27] = torch.tensor([1, 2, 3]), 5, text, 7
+        labels[b, 7:27], labels[b, 27] = text, 7
+    batch = {"input_ids": ids, "labels": labels, "keys": ["k"] * 64}
+    out = swap_tokens(batch, 0.25, np.random.default_rng(3))
+    changed = out["input_ids"] != ids
+    assert out["labels"] is labels and torch.equal(ids, batch["input_ids"]) and out["keys"] == batch["keys"]
+    assert not changed[:, :7].any() and not changed[:, 27:].any()  # prompt, audio, end token and padding kept
+    # Each of the 1,280 history tokens is swapped with p = 0.25 for one of the batch's (1/1,280: itself).
+    assert 0.20 < changed.float().sum() / (64 * 20) < 0.30
+    assert set(out["input_ids"][changed].tolist()) <= set(labels[:, 7:27].flatten().tolist())
+    assert torch.equal(out["input_ids"], swap_tokens(batch, 0.25, np.random.default_rng(3))["input_ids"])
+    assert torch.equal(swap_tokens(batch, 0.0, np.random.default_rng(3))["input_ids"], ids)
 
 
 def test_char_tokenizer_is_one_token_per_character():

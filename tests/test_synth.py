@@ -176,3 +176,25 @@ def test_synth_corpus_held_out_splits(tmp_path):
     assert [r["text"] for r in tables["test_noisy"]] == [r["text"] for r in tables["test"]]
     assert all(a["wav"]["bytes"] != b["wav"]["bytes"] for a, b in zip(tables["test"], tables["test_noisy"]))
     assert not {r["text"] for r in tables["test_order"]} & {r["text"] for r in tables["train"]}
+
+
+def test_speed_perturbation_plays_the_clip_faster_and_higher():
+    from tatk.synthetic.speech import _plan, _render
+    from tatk.synthetic.voices import Speaking
+
+    plans = [_plan(0, "train", 2, "THE OLD SAILOR PAINTED SEVEN RED BOATS", Speaking(speed=s)) for s in [(1, 1), (1.1, 1.1), (0.9, 0.9)]]
+    assert [p["speed"] for p in plans] == [1.0, 1.1, 0.9] and plans[0]["sample_rate"] == SAMPLE_RATE  # a 22,050 Hz WAV
+    assert {k: v for k, v in plans[1].items() if k != "speed"} == {k: v for k, v in plans[0].items() if k != "speed"}
+    x, *perturbed = [sf.read(io.BytesIO(audio), dtype="float32")[0] for audio, _ in _render(plans)]
+
+    def centroid(z):  # the power spectrum's centre of mass, Hz: pitch and formants move it
+        power = np.abs(np.fft.rfft(z)) ** 2
+        return (power * np.fft.rfftfreq(len(z), 1 / SAMPLE_RATE)).sum() / power.sum()
+
+    # espeak-ng's waveform differs slightly between renders (see speech.py), so the samples cannot be compared
+    # one by one; the duration and the spectrum's centre of mass can.
+    for speed, y in zip([1.1, 0.9], perturbed):
+        assert len(x) / len(y) == pytest.approx(speed, rel=0.002)
+        assert centroid(y) / centroid(x) == pytest.approx(speed, rel=0.01)
+    plan = _plan(0, "train", 2, "A TEXT", Speaking(speed=(0.9, 1.1), pitch=(0, 99)))
+    assert 0.9 <= plan["speed"] <= 1.1 and plan["pitch"] % 5 == 0

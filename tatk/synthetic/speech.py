@@ -127,13 +127,16 @@ def _plan(seed: int, split: str, index: int, text: str, speaking: Speaking = Spe
     r = random.Random(f"{seed}:{split}:{index}")  # str seeds hash with SHA-512: stable across runs
     variant = r.choice(speaking.variants)
     voice = f"{r.choice(VOICES)}+{variant}"
-    pitch = r.randrange(30, 71, 5)  # coarse steps so that a speaker (voice + pitch) recurs
+    pitch = r.randrange(speaking.pitch[0], speaking.pitch[1] + 1, 5)  # coarse steps: a speaker (voice + pitch) recurs
     container, sample_rate, channels = _FORMATS[index % len(_FORMATS)]
     plan = dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
                 pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=variant_sex(variant),
-                container=container, sample_rate=sample_rate, channels=channels, snr_db=None)
-    if speaking.noise_share and r.random() < speaking.noise_share:  # drawn last: clean plans stay as they were
+                container=container, sample_rate=sample_rate, channels=channels, snr_db=None, speed=1.0)
+    # Drawn last, and only when asked for: plans without noise or speed perturbation stay as they were.
+    if speaking.noise_share and r.random() < speaking.noise_share:
         plan.update(snr_db=r.uniform(*speaking.snr_db), noise_seed=r.getrandbits(32))
+    if speaking.speed != (1.0, 1.0):
+        plan.update(speed=round(r.uniform(*speaking.speed), 3))
     return plan
 
 
@@ -142,6 +145,8 @@ def _render(plans: list[dict]) -> list[tuple[bytes, float]]:
     out = []
     for p in plans:
         x, sr = synthesize(p["text"], p["voice"], p["rate"], p["pitch"])
+        if p["speed"] != 1.0:  # heard as if recorded at sr * speed: 1/speed as long, pitch and formants × speed
+            x = soxr.resample(x, round(sr * p["speed"]), sr)
         if p["snr_db"] is not None:
             x = add_noise(x, p["snr_db"], p["noise_seed"])
         if p["sample_rate"] != sr:

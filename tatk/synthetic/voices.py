@@ -27,11 +27,16 @@ class Speaking:
     variants: espeak-ng voice variants drawn from, uniformly (each with one of the 8 accents in VOICES).
     noise_share: fraction of the split's clips with noise added (0: all clean).
     snr_db: (low, high): each noisy clip's signal-to-noise ratio in dB, drawn uniformly.
+    pitch: (low, high): espeak-ng's pitch parameter (0-99, within the variant's own range), drawn in steps of 5.
+    speed: (low, high): each clip is resampled by a factor drawn uniformly (Kaldi-style speed perturbation:
+        1.1 plays 10 % faster with pitch and formants 10 % higher, as a shorter vocal tract would); (1, 1): none.
     """
 
     variants: tuple[str, ...] = tuple(sorted(VARIANTS))
     noise_share: float = 0.0
     snr_db: tuple[float, float] = (15.0, 15.0)
+    pitch: tuple[int, int] = (30, 70)
+    speed: tuple[float, float] = (1.0, 1.0)
 
 
 @cache  # asked once per utterance by the corpus plan; the answer is a file read and a regex

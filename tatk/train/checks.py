@@ -82,6 +82,8 @@ def _check_values(r: Recipe) -> None:
                        "augment.freq_masks": a.freq_masks, "augment.freq_width": a.freq_width}.items():
         if value < 0:
             raise UserError(f"{key}: must be >= 0, got {value}")
+    if not 0 <= a.token_swap < 1:
+        raise UserError(f"augment.token_swap: must be in [0, 1), got {a.token_swap}")
 
 
 def _check_projector(p: ProjectorConfig) -> None:

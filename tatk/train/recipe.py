@@ -106,12 +106,14 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """SpecAugment-style masking of stored features, on training batches only (tatk/train/augment.py)."""
+    """Training-batch augmentation (tatk/train/augment.py): SpecAugment-style masking of stored features, and
+    swapped tokens in the transcript history the decoder reads."""
 
     time_masks: int = 0  #: time masks per utterance (0: none); each spans 0..time_width frames
     time_width: int = 10  #: widest time mask, in encoder frames (GLM-ASR: 50 per second)
     freq_masks: int = 0  #: feature-dimension masks per utterance (0: none)
     freq_width: int = 8  #: widest feature-dimension mask, in dimensions
+    token_swap: float = 0.0  #: share of the transcript tokens the decoder reads (teacher forcing) swapped for another transcript token of the batch, targets unchanged: it cannot lean on its history and must listen (0: none)
 
 
 @dataclass

@@ -172,11 +172,14 @@ class TrainStream(IterableDataset):
                 return
             for i, batch in enumerate(self._round(g, rng, drawn)):
                 if i >= skip:
-                    if augment.enabled(self.augment):  # masks seeded by the batch's name: resume replays them
-                        mask_rng = np.random.default_rng([self.seed, self.segment, g, r, i, _AUGMENT_STREAM])
-                        batch = augment.augment_batch(batch, self.augment, mask_rng)
-                    yield {**self.codec.collate(batch), "position": (worker, r, i, cursors, end),
-                           "events": self._fresh_events()}
+                    # Augmentation draws are seeded by the batch's name: a resumed run replays them.
+                    aug_rng = np.random.default_rng([self.seed, self.segment, g, r, i, _AUGMENT_STREAM])
+                    if augment.masks(self.augment):
+                        batch = augment.augment_batch(batch, self.augment, aug_rng)
+                    collated = self.codec.collate(batch)
+                    if self.augment.token_swap:
+                        collated = augment.swap_tokens(collated, self.augment.token_swap, aug_rng)
+                    yield {**collated, "position": (worker, r, i, cursors, end), "events": self._fresh_events()}
             dead = [i for i, (paths, _, _) in enumerate(self.sets) if set(paths) <= self.known_bad]
             if self.error or dead:
                 error = self.error or f"data.train[{dead[0]}]: every tar of {Path(self.sets[dead[0]][0][0]).parent} is unreadable"
