@@ -2,6 +2,7 @@
 
 import csv
 import io
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def test_synth_corpus_held_out_splits(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS
+    from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, TRAIN_VARIANTS
 
     subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path), "--train", "24", "--dev", "2", "--test", "6",
                     "--held-out", "--listen", "--seed", "5"], check=True, cwd=Path(__file__).parents[1])
@@ -177,6 +178,17 @@ def test_synth_corpus_held_out_splits(tmp_path):
     assert all(a["wav"]["bytes"] != b["wav"]["bytes"] for a, b in zip(tables["test"], tables["test_noisy"]))
     assert not {r["text"] for r in tables["test_order"]} & {r["text"] for r in tables["train"]}
 
+    # The training options change the training clips only: dev, test and the held-out splits stay byte-identical.
+    more = tmp_path / "more"
+    subprocess.run([sys.executable, "tools/synth_corpus.py", str(more), "--train", "24", "--dev", "2", "--test", "6",
+                    "--held-out", "--listen", "--seed", "5", "--more-voices", "--train-tilt", "1", "--train-speed", "0.9",
+                    "1.1"], check=True, cwd=Path(__file__).parents[1])
+    for split in ("dev", "test", "test_order", "test_noisy"):
+        assert next(more.glob(f"*/{split}-*.parquet")).read_bytes() == next(tmp_path.glob(f"*/{split}-*.parquet")).read_bytes()
+    train = pq.read_table(next(more.glob("*/train-*.parquet"))).to_pylist()
+    assert {variant(r) for r in train} <= set(TRAIN_VARIANTS + MORE_VARIANTS) and {variant(r) for r in train} & set(MORE_VARIANTS)
+    assert [r["text"] for r in train] == [r["text"] for r in tables["train"]]
+
 
 def test_speed_perturbation_plays_the_clip_faster_and_higher():
     from tatk.synthetic.speech import _plan, _render
@@ -185,16 +197,34 @@ def test_speed_perturbation_plays_the_clip_faster_and_higher():
     plans = [_plan(0, "train", 2, "THE OLD SAILOR PAINTED SEVEN RED BOATS", Speaking(speed=s)) for s in [(1, 1), (1.1, 1.1), (0.9, 0.9)]]
     assert [p["speed"] for p in plans] == [1.0, 1.1, 0.9] and plans[0]["sample_rate"] == SAMPLE_RATE  # a 22,050 Hz WAV
     assert {k: v for k, v in plans[1].items() if k != "speed"} == {k: v for k, v in plans[0].items() if k != "speed"}
-    x, *perturbed = [sf.read(io.BytesIO(audio), dtype="float32")[0] for audio, _ in _render(plans)]
+    # Each clip rendered in a fresh process, as write_corpus does: espeak-ng's output depends on what it spoke before.
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        rendered = pool.map(_render, [[p] for p in plans])
+    x, *perturbed = [sf.read(io.BytesIO(audio), dtype="float32")[0] for [(audio, _)] in rendered]
 
     def centroid(z):  # the power spectrum's centre of mass, Hz: pitch and formants move it
         power = np.abs(np.fft.rfft(z)) ** 2
         return (power * np.fft.rfftfreq(len(z), 1 / SAMPLE_RATE)).sum() / power.sum()
 
-    # espeak-ng's waveform differs slightly between renders (see speech.py), so the samples cannot be compared
-    # one by one; the duration and the spectrum's centre of mass can.
+    # Resampling shifts the waveform's phase against the sample grid, so compare durations and the spectrum's
+    # centre of mass rather than samples.
     for speed, y in zip([1.1, 0.9], perturbed):
         assert len(x) / len(y) == pytest.approx(speed, rel=0.002)
         assert centroid(y) / centroid(x) == pytest.approx(speed, rel=0.01)
     plan = _plan(0, "train", 2, "A TEXT", Speaking(speed=(0.9, 1.1), pitch=(0, 99)))
     assert 0.9 <= plan["speed"] <= 1.1 and plan["pitch"] % 5 == 0
+
+
+def test_tilt_changes_the_spectral_balance_by_the_slope_at_the_same_power():
+    from tatk.synthetic.voices import tilt
+
+    sr = 16000
+    t = np.arange(sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 4000 * t)).astype(np.float32)
+    for slope in (-6.0, -2.5, 3.0):
+        y = tilt(x, sr, slope)
+        # Each tone's amplitude, by projection onto it: two octaves apart, they differ by 2 × slope dB.
+        amp = [2 * abs(np.mean(y * np.exp(-2j * np.pi * f * t))) for f in (1000, 4000)]
+        assert 20 * np.log10(amp[1] / amp[0]) == pytest.approx(2 * slope, abs=0.01)
+        assert np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-4)
+    assert np.allclose(tilt(x, sr, 0.0), x, atol=1e-6)

@@ -17,7 +17,7 @@ import time
 
 from tatk.synthetic.sentences import make_splits
 from tatk.synthetic.speech import write_corpus
-from tatk.synthetic.voices import HELDOUT_VARIANTS, TRAIN_VARIANTS, Speaking
+from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, TRAIN_VARIANTS, Speaking
 
 
 def main() -> None:
@@ -34,17 +34,25 @@ def main() -> None:
     parser.add_argument("--held-out", action="store_true", help="add the test_order and test_noisy splits (--test each)")
     parser.add_argument("--listen", action="store_true", help="scrambled sentences, 26 voices and noise in training")
     parser.add_argument("--scrambled", type=float, default=0.5, help="with --listen: share of scrambled training sentences")
-    parser.add_argument("--train-noise", type=float, default=0.3,
-                        help="with --listen: share of training clips with noise at 10-30 dB SNR")
+    parser.add_argument("--train-noise", type=float, default=0.3, help="with --listen: share of training clips with noise")
+    parser.add_argument("--train-snr", type=float, nargs=2, default=(10.0, 30.0), metavar=("LOW", "HIGH"),
+                        help="with --listen: the noisy training clips' SNR range, dB")
+    parser.add_argument("--more-voices", action="store_true",
+                        help="with --listen: training also spoken by 46 more espeak-ng variants (72 in all)")
+    parser.add_argument("--train-tilt", type=float, default=0.0,
+                        help="with --listen: share of training clips tilted -6..+3 dB per octave (duller or brighter)")
+    parser.add_argument("--train-speed", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="with --listen: speed perturbation range of training clips (1 1: none)")
     args = parser.parse_args()
 
     start = time.perf_counter()
     listen, held_out = args.listen, args.held_out
     splits = make_splits(args.train, args.dev, args.test, seed=args.seed, scrambled=args.scrambled if listen else 0.0,
                          n_test_order=args.test if held_out else 0)
-    heard = Speaking(TRAIN_VARIANTS) if listen else Speaking()
-    speaking = {"train": Speaking(heard.variants, args.train_noise, (10.0, 30.0)) if listen else heard,
-                "dev": heard, "test": heard, "test_order": heard}
+    heard = Speaking(TRAIN_VARIANTS) if listen else Speaking()  # dev and test voices are heard in training
+    train = Speaking(TRAIN_VARIANTS + (MORE_VARIANTS if args.more_voices else ()), args.train_noise,
+                     tuple(args.train_snr), speed=tuple(args.train_speed), tilt_share=args.train_tilt)
+    speaking = {"train": train if listen else heard, "dev": heard, "test": heard, "test_order": heard}
     if held_out:
         splits["test_noisy"] = splits["test"]  # the same sentences: only the voices and the noise change
         speaking["test_noisy"] = Speaking(HELDOUT_VARIANTS, noise_share=1.0, snr_db=(15.0, 15.0))

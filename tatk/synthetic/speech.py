@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tatk.synthetic.voices import VOICES, Speaking, add_noise, variant_sex
+from tatk.synthetic.voices import VOICES, Speaking, add_noise, tilt, variant_sex
 
 # espeak-ng through ctypes
 
@@ -131,12 +131,14 @@ def _plan(seed: int, split: str, index: int, text: str, speaking: Speaking = Spe
     container, sample_rate, channels = _FORMATS[index % len(_FORMATS)]
     plan = dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
                 pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=variant_sex(variant),
-                container=container, sample_rate=sample_rate, channels=channels, snr_db=None, speed=1.0)
+                container=container, sample_rate=sample_rate, channels=channels, snr_db=None, speed=1.0, tilt_db=0.0)
     # Drawn last, and only when asked for: plans without noise or speed perturbation stay as they were.
     if speaking.noise_share and r.random() < speaking.noise_share:
         plan.update(snr_db=r.uniform(*speaking.snr_db), noise_seed=r.getrandbits(32))
     if speaking.speed != (1.0, 1.0):
         plan.update(speed=round(r.uniform(*speaking.speed), 3))
+    if speaking.tilt_share and r.random() < speaking.tilt_share:
+        plan.update(tilt_db=round(r.uniform(*speaking.tilt_db), 2))
     return plan
 
 
@@ -147,6 +149,8 @@ def _render(plans: list[dict]) -> list[tuple[bytes, float]]:
         x, sr = synthesize(p["text"], p["voice"], p["rate"], p["pitch"])
         if p["speed"] != 1.0:  # heard as if recorded at sr * speed: 1/speed as long, pitch and formants × speed
             x = soxr.resample(x, round(sr * p["speed"]), sr)
+        if p["tilt_db"]:
+            x = tilt(x, sr, p["tilt_db"])
         if p["snr_db"] is not None:
             x = add_noise(x, p["snr_db"], p["noise_seed"])
         if p["sample_rate"] != sr:

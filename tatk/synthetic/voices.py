@@ -18,6 +18,13 @@ VARIANTS = {**{f"m{i}": "male" for i in range(1, 8)}, **{f"f{i}": "female" for i
 TRAIN_VARIANTS = (*sorted(VARIANTS), "Andrea", "adam", "aunty", "belinda", "benjamin", "caleb", "david",
                   "edward", "grandma", "ian", "john", "max", "paul", "robert")
 HELDOUT_VARIANTS = ("Alex", "Annie", "Gene", "Lee", "Mike", "linda", "steph", "travis")
+# The rest of the bundled human-sounding variants, for training only (`synth_corpus.py --more-voices`). Left out:
+# the robotic, whispering and effect voices, and the near-copies of held-out ones (Gene2, mike2, steph2, steph3).
+MORE_VARIANTS = ("Alicia", "Andy", "Denis", "Diogo", "Henrique", "Hugo", "Jacky", "Marco", "Mario", "Michael",
+                 "Nguyen", "Reed", "Storm", "Tweaky", "anika", "announcer", "antonio", "boris", "ed", "edward2",
+                 "gustave", "iven", "iven2", "iven3", "iven4", "kaukovalta", "m8", "marcelo", "michel", "miguel",
+                 "norbert", "pablo", "pedro", "quincy", "rob", "sandro", "shelby", "victor", "zac", "grandpa",
+                 "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class Speaking:
     pitch: (low, high): espeak-ng's pitch parameter (0-99, within the variant's own range), drawn in steps of 5.
     speed: (low, high): each clip is resampled by a factor drawn uniformly (Kaldi-style speed perturbation:
         1.1 plays 10 % faster with pitch and formants 10 % higher, as a shorter vocal tract would); (1, 1): none.
+    tilt_share: fraction of the split's clips whose spectral balance is tilted (``tilt``) before any noise.
+    tilt_db: (low, high): each tilted clip's slope in dB per octave, drawn uniformly (negative: duller).
     """
 
     variants: tuple[str, ...] = tuple(sorted(VARIANTS))
@@ -37,6 +46,8 @@ class Speaking:
     snr_db: tuple[float, float] = (15.0, 15.0)
     pitch: tuple[int, int] = (30, 70)
     speed: tuple[float, float] = (1.0, 1.0)
+    tilt_share: float = 0.0
+    tilt_db: tuple[float, float] = (-6.0, 3.0)
 
 
 @cache  # asked once per utterance by the corpus plan; the answer is a file read and a regex
@@ -62,3 +73,13 @@ def add_noise(x: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
     speech = x[np.abs(x) > 0.01 * np.abs(x).max()] if np.abs(x).max() > 0 else x
     p_speech, p_noise = float(np.mean(speech**2)), float(np.mean(noise**2))
     return (x + noise * np.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))).astype(np.float32)
+
+
+def tilt(x: np.ndarray, sample_rate: int, db_per_octave: float) -> np.ndarray:
+    """``x`` with its spectrum tilted by ``db_per_octave`` dB per octave about 500 Hz (flat below 100 Hz), at
+    the same power: a duller or brighter voice or channel. espeak-ng's variants differ this much: a dull one
+    such as "steph" has ~10 dB less energy above 2 kHz than most."""
+    f = np.fft.rfftfreq(len(x), 1 / sample_rate)
+    gain = 10 ** (db_per_octave * np.log2(np.maximum(f, 100.0) / 500.0) / 20)
+    y = np.fft.irfft(np.fft.rfft(x) * gain, n=len(x))
+    return (y * np.sqrt(np.mean(x**2) / max(float(np.mean(y**2)), 1e-20))).astype(np.float32)
