@@ -132,7 +132,7 @@ def _plan(seed: int, split: str, index: int, text: str, speaking: Speaking = Spe
     plan = dict(ID=f"synth-{split}-{index:06d}", text=text, voice=voice, rate=r.randrange(130, 201),
                 pitch=pitch, spk_id=f"{voice}-p{pitch}", sex=variant_sex(variant),
                 container=container, sample_rate=sample_rate, channels=channels, snr_db=None, speed=1.0, tilt_db=0.0)
-    # Drawn last, and only when asked for: plans without noise or speed perturbation stay as they were.
+    # Drawn last, and only when asked for: plans without noise, speed perturbation or tilt stay as they were.
     if speaking.noise_share and r.random() < speaking.noise_share:
         plan.update(snr_db=r.uniform(*speaking.snr_db), noise_seed=r.getrandbits(32))
     if speaking.speed != (1.0, 1.0):

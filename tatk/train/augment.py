@@ -15,9 +15,9 @@ transcript so far, and an LLM can predict much of the next word from that histor
 a share of the history tokens for other transcript tokens of the batch, targets unchanged, makes the history
 unreliable, so the audio is the one source the decoder can trust.
 
-Determinism: the masks of a batch are drawn from a generator seeded by the batch's name
+Determinism: the masks and swaps of a batch are drawn from a generator seeded by the batch's name
 (seed, rank, worker, round, index; see tatk/train/stream.py), never from a running random state, so a
-resumed run replays exactly the same masked batches.
+resumed run replays exactly the same augmented batches.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tatk.model.speech import IGNORE
 def masks(cfg) -> bool:
     """Whether ``cfg`` (a tatk.train.recipe.AugmentConfig) masks any features."""
     return bool((cfg.time_masks and cfg.time_width) or (cfg.freq_masks and cfg.freq_width))
+
 
 def mask_features(feats: np.ndarray, cfg, rng: np.random.Generator) -> np.ndarray:
     """A masked copy of one clip's features (T, D): ``cfg.time_masks`` bands of 0..``time_width`` frames and
