@@ -188,6 +188,12 @@ def test_synth_corpus_held_out_splits(tmp_path):
     train = pq.read_table(next(more.glob("*/train-*.parquet"))).to_pylist()
     assert {variant(r) for r in train} <= set(TRAIN_VARIANTS + MORE_VARIANTS) and {variant(r) for r in train} & set(MORE_VARIANTS)
     assert [r["text"] for r in train] == [r["text"] for r in tables["train"]]
+    for bad, message in [(["--more-voices"], "--more-voices shapes the --listen training corpus"),
+                         (["--listen", "--train-tilt", "1.5"], "--train-tilt is a share of the training clips"),
+                         (["--listen", "--train-speed", "1.1", "0.9"], "--train-speed needs 0 < LOW <= HIGH")]:
+        done = subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path / "bad"), *bad], capture_output=True,
+                              text=True, cwd=Path(__file__).parents[1])
+        assert done.returncode == 2 and message in done.stderr and not (tmp_path / "bad").exists()
 
 
 def test_speed_perturbation_plays_the_clip_faster_and_higher():
