@@ -7,7 +7,6 @@ One 2-process × 2-worker run is shared (module fixture); each launch takes ~30-
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,10 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from train_fixtures import metrics, prepare_tiny, tiny_recipe, write_shards
+from train_fixtures import ENV, ROOT, metrics, prepare_tiny, tiny_recipe, write_shards
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 PROBE = [str(ROOT / "tests" / "train_fixtures.py"), "probe"]
 STEPS, SAVE = 24, 12
 # 16 tars of 16 utterances, one unit per round: at step 12 every stream is in the middle of epoch 0

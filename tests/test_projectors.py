@@ -5,14 +5,13 @@ the MoE's auxiliary losses in the gradient and in the log, and the per-kind reci
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import metrics, prepare_tiny, tiny_recipe
+from train_fixtures import ENV, ROOT, metrics, prepare_tiny, tiny_recipe
 
 from tatk.errors import UserError
 from tatk.model.projectors import PROJECTORS, build_projector
@@ -20,8 +19,6 @@ from tatk.model.speech import IGNORE
 from tatk.train.projector_config import MoeConfig
 from tatk.train.recipe import load_recipe, render_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 STACK = {"conv": 4, "qformer": 3}  # conv downsamples by exactly 4; qformer: window 6 / 2 queries
 OPTIONS = {"qformer": {"window": 6, "queries": 2, "heads": 4}, "mosa": {"expert_hidden": 24, "router_hidden": 8}}
 # the tiny fixture's recipe (stack 2, hidden 64) with small per-kind tables

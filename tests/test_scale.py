@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import metrics, prepare_tiny, tiny_recipe
+from train_fixtures import ENV, ROOT, metrics, prepare_tiny, tiny_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 STEPS = 4
 COMMON = {"train": {"steps": STEPS, "grad_accum": 2, "log_every": 1, "save_every": 2, "eval_every": 0},
           "data": {"workers": 0}, "optim": {"lr": 3e-3, "norm_lr": 3e-3, "llm_lr": 3e-3, "warmup_steps": 2, "grad_clip": 0.05}}

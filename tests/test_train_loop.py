@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import metrics, prepare_tiny, tiny_recipe
+from train_fixtures import ENV, ROOT, metrics, prepare_tiny, tiny_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 STEPS = 40
 LOOP = {"train": {"steps": STEPS, "log_every": 1, "save_every": 10, "eval_every": 20, "keep_best": "val_loss"},
         "data": {"workers": 2}}

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_fixtures import ENCODER_ID, tiny_recipe, write_shards
+from train_fixtures import ENCODER_ID, ROOT, tiny_recipe, write_shards
 
 from tatk.errors import UserError
 from tatk.train.recipe import load_recipe, render_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ import webdataset as wds
 from tatk.synthetic.tinyllm import WORDS, build_tiny_llm
 
 ENCODER_ID = "synthetic:chars"
+ROOT = Path(__file__).resolve().parents[1]  # the repository: training subprocesses run `python tatk train` from it
+# Environment of a training subprocess: one thread per process (two ranks share 2 cores), no tracker.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 
 
