@@ -211,6 +211,9 @@ def test_bad_inputs_fail_with_one_line(asr_run, tmp_path):
     manifest["encoder"]["dim"] = 32
     (other / "manifest.json").write_text(json.dumps(manifest))
     fails("32-dim", data=other)
+    del manifest["format_version"]  # format 1 (before units of work) wrote none
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    fails("shards in format 1", data=other)
 
 
 # -- tatk eval, audio mode (end to end through tatk.export.load_pipeline) -------------------------------

@@ -71,6 +71,17 @@ def test_folder_without_manifest(base, tmp_path):
         load_recipe(path, [f"data.train.0.path={tmp_path / 'empty'}"])
 
 
+def test_shards_of_an_older_format_are_refused(base, tmp_path):
+    old = write_shards(tmp_path / "old", n_samples=8, n_shards=1)  # format 1 wrote no format_version
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["format_version"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    path = write(tmp_path, tiny_recipe(base, tmp_path / "run"))
+    with pytest.raises(UserError, match=r"data.train\[0\].path: .*shards in format 1 .*this tatk reads format 2") as e:
+        load_recipe(path, [f"data.train.0.path={old}"])
+    assert "\n" not in str(e.value)
+
+
 def test_cli_validate_prints_resolved_recipe_and_one_line_errors(base, tmp_path):
     path = write(tmp_path, tiny_recipe(base, tmp_path / "run"))
     ok = subprocess.run([sys.executable, "tatk", "validate", str(path), "--set", "optim.lr=3e-4"],

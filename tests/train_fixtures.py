@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from tatk.shard.format import FORMAT_VERSION
 from tatk.synthetic.tinyllm import WORDS, build_tiny_llm
 
 ENCODER_ID = "synthetic:chars"
@@ -62,7 +63,7 @@ def write_shards(out: Path, n_samples: int = 96, n_shards: int = 4, split: str =
     mean = fsum / total
     std = np.sqrt(np.maximum(fsq / total - mean**2, 0.0))
     manifest = {
-        "tatk_version": "0.1.0", "command": "tests/train_fixtures.py",
+        "format_version": FORMAT_VERSION, "tatk_version": "0.1.0", "command": "tests/train_fixtures.py",
         "encoder": {"kind": "mel", "id": ENCODER_ID, "revision": "", "dim": dim, "frame_rate": 50.0, "dtype": "float16"},
         "feature_extractor": {},
         "splits": {split: {"shards": shards, "samples": n_samples, "hours": total / 50.0 / 3600, "frames": total,

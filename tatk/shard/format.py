@@ -44,7 +44,13 @@ def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / "manifest.json"
     if not path.exists():
         raise UserError(f"{folder}: no manifest.json (not a shard folder, or `tatk shard` has not finished)")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    # Format 1 (before units of work) wrote no version; its tars and manifest fields differ from today's.
+    version = manifest.get("format_version", 1)
+    if version != FORMAT_VERSION:
+        raise UserError(f"{folder}: shards in format {version} (tatk {manifest.get('tatk_version', '?')}); this tatk reads "
+                        f"format {FORMAT_VERSION}: shard the corpus again into a new --out")
+    return manifest
 
 
 def read_split(folder: str | Path, split: str) -> dict:
