@@ -14,7 +14,6 @@ from tatk.errors import UserError
 from tatk.train.recipe import load_recipe, render_recipe
 
 
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tiny")
