@@ -183,9 +183,12 @@ def test_export_folder_is_hub_ready(exported, asr_run):
     assert config["merged"] and config["encoder_config"] and config["llm_config"]
     assert any(k.startswith(("projector.", "llm.", "encoder.")) for k in weights)
     assert {k.split(".")[0] for k in weights} >= {"projector", "llm", "encoder"}
-    # provenance: where the bases came from (absolute paths) and their content hashes
-    assert config["encoder"] == str(Path(asr_run["encoder"]).resolve()) and config["llm"] == str(Path(asr_run["llm"]).resolve())
+    # provenance: the local bases' folder names and content hashes, never where they were on this machine
+    assert config["encoder"] == Path(asr_run["encoder"]).name and config["llm"] == Path(asr_run["llm"]).name
     assert config["llm_revision"].startswith("sha256:") and config["encoder_revision"].startswith("sha256:")
+    here = str(Path(asr_run["llm"]).resolve().parent.parent)  # the test's temporary root
+    texts = [f for f in exported.rglob("*") if f.suffix in (".json", ".md", ".txt", ".jinja")]
+    assert texts and not [f.name for f in texts if here in f.read_text()]
     from transformers import AutoTokenizer
 
     assert "<|audio|>" in AutoTokenizer.from_pretrained(exported).get_vocab()
@@ -282,6 +285,9 @@ def test_no_merged_keeps_references_and_names_a_missing_base(asr_run, clips, ref
     from safetensors.torch import load_file
 
     assert not any(k.startswith("encoder.") for k in load_file(str(out / "model.safetensors")))
+    refused = run_tatk("push", out, "someone/tiny-asr", "--dry-run", check=False)  # nobody else has the folders
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "local folder" in refused.stderr and "--merged" in refused.stderr
     other = tmp_path / "other-cwd"
     other.mkdir()
     jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}

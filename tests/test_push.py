@@ -18,7 +18,7 @@ TOKEN = "hf_FakeSecretToken0123456789"
 @pytest.fixture(scope="module")
 def exported(asr_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("push") / "model"
-    run_tatk("export", asr_run["checkpoint"], out, "--no-merged")  # small: push only validates and uploads files
+    run_tatk("export", asr_run["checkpoint"], out)  # merged: an export that references local folders is refused
     return out
 
 

@@ -2,7 +2,8 @@
 
 A Hub id is recorded with its revision and loaded from the Hub when first used. A local folder is copied
 into the export's ``aligner/`` subfolder (weights rewritten as safetensors), so the export loads from any
-folder or machine and from the Hub once pushed; the original folder is recorded for provenance.
+folder or machine and from the Hub once pushed; the original folder's name and content hash are recorded
+for provenance (not its path, which a pushed export would publish).
 """
 
 from __future__ import annotations
@@ -64,4 +65,5 @@ def config_fields(choice: AlignerChoice | None) -> dict:
     """The exported config's ``aligner*`` fields."""
     if choice is None:
         return {}
-    return {"aligner": choice.name, "aligner_revision": choice.revision, "aligner_subfolder": SUBFOLDER if choice.local else ""}
+    name = Path(choice.name).name if choice.local else choice.name
+    return {"aligner": name, "aligner_revision": choice.revision, "aligner_subfolder": SUBFOLDER if choice.local else ""}

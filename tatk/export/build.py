@@ -163,8 +163,11 @@ def _save_weights(tmp: Path, cfg, recipe, model, weights: dict, encoder, enc_sca
     llm = model.llm.unload() if recipe.model.decoder == "lora" else model.llm  # base LLM; pairs merged below
     if enc_scale:
         encoder = model.encoder.network.unload()
-    cfg.encoder_config = encoder.config.to_dict() if encoder is not None else None
-    cfg.llm_config = llm.config.to_dict()
+    def stored(config) -> dict:  # without _name_or_path: where the base was on this machine
+        return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+    cfg.encoder_config = stored(encoder.config) if encoder is not None else None
+    cfg.llm_config = stored(llm.config)
     full = TatkAsrModel(cfg, encoder=encoder, llm=llm)
     full.load_trained(weights)
     full.save_pretrained(tmp)
@@ -176,7 +179,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
 
     ``merged=None`` (the default) stores every weight when a base model is a local folder, since a folder does not
     travel with the export (another machine, another working directory); Hub-id bases stay references.
-    ``merged=False`` keeps references even to folders, recorded as absolute paths.
+    ``merged=False`` keeps references even to folders, recorded as absolute paths (such an export cannot be
+    pushed: ``tatk push`` refuses it).
     ``aligner``: a CTC model's Hub id or folder for word timestamps (a folder is copied into the export).
     """
     from transformers import AutoConfig
@@ -199,9 +203,12 @@ def export(checkpoint: str | Path, out_dir: str | Path, merged: bool | None = No
     encoder, kind, extractor, window, enc_rev = _encoder_part(recipe, merged)
     llm_rev = _revision(recipe.model.llm, AutoConfig.from_pretrained(recipe.model.llm))
     lay = model.layout
-    cfg = TatkAsrConfig(  # local bases by absolute path: where they came from (merged) or where to load them from
-        encoder=local[name] or name, encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window,
-        feature_dim=recipe.features.dim, normalize=recipe.features.normalize, llm=local[recipe.model.llm] or recipe.model.llm,
+    # A merged export records a local base by its folder's name and content hash only: it loads nothing from
+    # there, and a pushed export should not publish where it was made. Unmerged, the path is where it loads from.
+    base = {n: (Path(p).name if merged else p) if p else n for n, p in local.items()}
+    cfg = TatkAsrConfig(
+        encoder=base[name], encoder_revision=enc_rev, encoder_kind=kind, encoder_window=window,
+        feature_dim=recipe.features.dim, normalize=recipe.features.normalize, llm=base[recipe.model.llm],
         llm_revision=llm_rev,
         llm_hidden=model.llm.get_input_embeddings().embedding_dim, projector_kind=recipe.projector.kind,
         projector_stack=recipe.projector.stack, projector_hidden=recipe.projector.hidden,

@@ -46,7 +46,11 @@ def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | N
     """README.md with Hub metadata: what the model is made of, how to use it, what it supports, its evaluation."""
     lines = _metadata(cfg, datasets, license, summary, name)
     usage, support = _word_timestamps(cfg)
-    rev = lambda r: f" @ `{r}`" if r else ""
+    def base(name: str, revision: str) -> str:  # a local folder's revision is its content hash (build.py)
+        revision = revision or ""
+        where = "local folder " if revision.startswith("sha256:") else ""
+        return f"{where}`{name}`" + (f" @ `{revision}`" if revision else "")
+
     body = f"""
 # {name}
 
@@ -55,9 +59,9 @@ projector, and an LLM decoder ({cfg.decoder}).
 
 | part | what |
 |---|---|
-| encoder | `{cfg.encoder}`{rev(cfg.encoder_revision)} ({cfg.encoder_kind}, {cfg.feature_dim}-dim features, {cfg.normalize} normalisation) |
+| encoder | {base(cfg.encoder, cfg.encoder_revision)} ({cfg.encoder_kind}, {cfg.feature_dim}-dim features, {cfg.normalize} normalisation) |
 | projector | {cfg.projector_kind}, {cfg.projector_stack} frames per LLM position, hidden {cfg.projector_hidden} |
-| LLM | `{cfg.llm}`{rev(cfg.llm_revision)}, decoder {cfg.decoder} |
+| LLM | {base(cfg.llm, cfg.llm_revision)}, decoder {cfg.decoder} |
 | weights | {"every weight (merged)" if cfg.merged else "trained weights only; the encoder and LLM load from their own repositories"} |
 
 ## Use

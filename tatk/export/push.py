@@ -38,11 +38,18 @@ def check_export(folder: str | Path) -> list[tuple[str, int]]:
 
 def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
          message: str = "Upload tatk model", dry_run: bool = False) -> list[tuple[str, int]]:
-    """Upload an export folder to a Hub model repository (created if missing); returns the files.
+    """Upload an export folder to a Hub model repository (created if missing); returns the files. An export
+    that references a local base folder (``tatk export --no-merged``) is refused: it would not load elsewhere.
 
     The token comes from huggingface_hub's usual places (``HF_TOKEN``, a cached login); it is never printed.
     """
     files = check_export(export_dir)
+    config = json.loads((Path(export_dir) / "config.json").read_text())
+    if not config.get("merged"):  # --no-merged: bases by reference, and a local one only exists on this machine
+        for part in ("encoder", "llm"):
+            if Path(str(config.get(part, ""))).is_absolute():
+                raise UserError(f"{export_dir}: its {part} is the local folder {config[part]}, which nobody who loads "
+                                "the model from the Hub has; re-export with `tatk export --merged` to push it")
     if dry_run:
         return files
     from huggingface_hub import HfApi
