@@ -1,4 +1,4 @@
-"""`tatk export` / `tatk push`: the exported folder loads with transformers.pipeline(trust_remote_code=True) in a
+"""`tatk export`: the exported folder loads with transformers.pipeline(trust_remote_code=True) in a
 fresh offline process and transcribes exactly as tatk's own model does on stored (float32) features."""
 
 from __future__ import annotations
@@ -285,9 +285,6 @@ def test_no_merged_keeps_references_and_names_a_missing_base(asr_run, clips, ref
     from safetensors.torch import load_file
 
     assert not any(k.startswith("encoder.") for k in load_file(str(out / "model.safetensors")))
-    refused = run_tatk("push", out, "someone/tiny-asr", "--dry-run", check=False)  # nobody else has the folders
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "local folder" in refused.stderr and "--merged" in refused.stderr
     other = tmp_path / "other-cwd"
     other.mkdir()
     jobs = {"paths": {"inputs": [{"path": str(f)} for f in clips["files"]], "batch_size": 4}}
@@ -360,31 +357,6 @@ def test_bad_checkpoints_fail_with_one_line(asr_run, tmp_path):
         export(tmp_path / "missing", tmp_path / "out")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
-
-
-def test_push_dry_run_lists_files_and_rejects_bad_folders(exported, tmp_path):
-    from tatk.errors import UserError
-    from tatk.export import push
-
-    proc = run_tatk("push", exported, "someone/tiny-asr", "--dry-run")
-    assert "model.safetensors" in proc.stdout and "modeling_tatk.py" in proc.stdout and "would upload" in proc.stdout
-    assert f"{(exported / 'model.safetensors').stat().st_size:,}" in proc.stdout
-    broken = tmp_path / "broken"
-    shutil.copytree(exported, broken)
-    (broken / "modeling_tatk.py").unlink()
-    garbled = tmp_path / "garbled"
-    shutil.copytree(exported, garbled)
-    (garbled / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-    for folder, why in ((broken, "missing modeling_tatk.py"), (garbled, "cannot read weights"), (tmp_path / "nothing", "no such folder")):
-        with pytest.raises(UserError, match=why) as e:
-            push(folder, "someone/tiny-asr", dry_run=True)
-        assert "\n" not in str(e.value)
-
-
-def test_push_offline_fails_with_one_line(exported):
-    proc = run_tatk("push", exported, "someone/tiny-asr", check=False, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_x"})
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("error:") and "hf_secret_x" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize("kind", ["mosa", "moe", "qformer"])

@@ -1,9 +1,11 @@
-"""`tatk push` failures end in one `error:` line and exit 2, the token never shown: a local HTTP server stands in
-for the Hub (HF_ENDPOINT), answering as the Hub does for a bad token, a read-only token, a missing repository or
-revision; a closed port stands in for no network."""
+"""`tatk push`: it validates the export first (listing what it would upload), refuses one that references local
+folders, and its failures end in one `error:` line and exit 2, the token never shown: a local HTTP server stands
+in for the Hub (HF_ENDPOINT), answering as the Hub does for a bad token, a read-only token, a missing repository
+or revision; a closed port stands in for no network."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,3 +86,37 @@ def test_no_route_to_the_hub_ends_in_one_line(exported):
         port = s.getsockname()[1]
     err = _push(exported, f"http://127.0.0.1:{port}")
     assert "cannot reach the Hub at http://127.0.0.1:" in err and "ConnectError" in err, err
+
+
+def test_push_dry_run_lists_files_and_rejects_bad_folders(exported, tmp_path):
+    from tatk.errors import UserError
+    from tatk.export import push
+
+    proc = run_tatk("push", exported, "someone/tiny-asr", "--dry-run")
+    assert "model.safetensors" in proc.stdout and "modeling_tatk.py" in proc.stdout and "would upload" in proc.stdout
+    assert f"{(exported / 'model.safetensors').stat().st_size:,}" in proc.stdout
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "modeling_tatk.py").unlink()
+    garbled = tmp_path / "garbled"
+    shutil.copytree(exported, garbled)
+    (garbled / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    for folder, why in ((broken, "missing modeling_tatk.py"), (garbled, "cannot read weights"), (tmp_path / "nothing", "no such folder")):
+        with pytest.raises(UserError, match=why) as e:
+            push(folder, "someone/tiny-asr", dry_run=True)
+        assert "\n" not in str(e.value)
+
+
+def test_push_offline_fails_with_one_line(exported):
+    proc = run_tatk("push", exported, "someone/tiny-asr", check=False, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_x"})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error:") and "hf_secret_x" not in proc.stderr + proc.stdout
+
+
+def test_push_refuses_an_export_that_references_local_folders(asr_run, tmp_path):
+    """`tatk export --no-merged` of local bases loads here (test_export.py) but not for anyone on the Hub."""
+    out = tmp_path / "refs"
+    run_tatk("export", asr_run["checkpoint"], out, "--no-merged")
+    proc = run_tatk("push", out, "someone/tiny-asr", "--dry-run", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "local folder" in proc.stderr and "--merged" in proc.stderr and "would upload" not in proc.stdout
