@@ -70,9 +70,12 @@ def launch(tmp_path_factory):
     port = free_ports()
 
     def run(stage: int | str, backend: str) -> Path:
-        """stage 1 / 2, or a projector kind ("moe", "qformer"): stage 1 with that projector."""
+        """stage 1 / 2, a projector kind ("moe", "qformer"): stage 1 with that projector, or "ctc": stage 1
+        with the auxiliary CTC loss (its head is trained too)."""
         if (stage, backend) not in done:
             sections = {k: dict(v) for k, v in COMMON.items()}
+            if stage == "ctc":
+                sections["train"]["ctc_weight"] = 0.5
             if stage in KINDS:
                 sections["projector"] = {"kind": stage, "stack": 2, "hidden": 64}
                 sections[f"projector.{stage}"] = KINDS[stage]
@@ -120,14 +123,18 @@ def test_ddp_zero2_zero3_give_the_same_run(launch, stage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_moe_and_qformer_give_the_same_run_under_ddp_zero2_zero3(launch, kind):
-    """The routed MoE (auxiliary losses in the gradient) and the Q-Former (attention, learned queries) train
-    identically under each backend; the MoE's auxiliary losses and expert utilisation agree too."""
+@pytest.mark.parametrize("kind", [*sorted(KINDS), "ctc"])
+def test_moe_qformer_and_ctc_give_the_same_run_under_ddp_zero2_zero3(launch, kind):
+    """The routed MoE (auxiliary losses in the gradient), the Q-Former (attention, learned queries) and the
+    auxiliary CTC loss (a head outside the projector, in the same optimizer) train identically under each
+    backend; the auxiliary losses and the MoE's expert utilisation agree too."""
     ddp = launch(kind, "ddp")
     m = metrics(ddp)
     assert len({m[s]["loss"] for s in range(1, STEPS + 1)}) == STEPS
-    extra = [f"aux_{k}" for k in ("balance", "z")] if kind == "moe" else []
+    extra = {"moe": ["aux_balance", "aux_z"], "ctc": ["aux_ctc"]}.get(kind, [])
+    assert all(k in m[STEPS] for k in extra)
+    if kind == "ctc":  # the head is in the checkpoint, so assert_same_run compares it under every backend
+        assert "ctc_head.weight" in load_file(ddp / "checkpoints" / f"step-{STEPS:06d}" / "model.safetensors")
     util = [k for k in m[STEPS] if k.startswith("util_expert")]
     assert len(util) == (4 if kind == "moe" else 0)
     for backend in ("zero2", "zero3"):
