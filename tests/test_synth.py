@@ -190,7 +190,9 @@ def test_synth_corpus_held_out_splits(tmp_path):
     assert [r["text"] for r in train] == [r["text"] for r in tables["train"]]
     for bad, message in [(["--more-voices"], "--more-voices shapes the --listen training corpus"),
                          (["--listen", "--train-tilt", "1.5"], "--train-tilt is a share of the training clips"),
-                         (["--listen", "--train-speed", "1.1", "0.9"], "--train-speed needs 0 < LOW <= HIGH")]:
+                         (["--listen", "--train-speed", "1.1", "0.9"], "--train-speed needs 0 < LOW <= HIGH"),
+                         (["--listen", "--train-tilt-db", "-9", "-3"], "--train-tilt-db sets the slopes of --train-tilt's"),
+                         (["--listen", "--train-tilt", "0.5", "--train-tilt-db", "-3", "-9"], "--train-tilt-db needs LOW <= HIGH")]:
         done = subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path / "bad"), *bad], capture_output=True,
                               text=True, cwd=Path(__file__).parents[1])
         assert done.returncode == 2 and message in done.stderr and not (tmp_path / "bad").exists()

@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--more-voices", action="store_true",
                         help="with --listen: training also spoken by 46 more espeak-ng variants (72 in all)")
     parser.add_argument("--train-tilt", type=float, default=0.0,
-                        help="with --listen: share of training clips tilted -6..+3 dB per octave (duller or brighter)")
+                        help="with --listen: share of training clips tilted (duller or brighter: --train-tilt-db)")
+    parser.add_argument("--train-tilt-db", type=float, nargs=2, default=(-6.0, 3.0), metavar=("LOW", "HIGH"),
+                        help="with --train-tilt: range of the tilted clips' slopes, dB per octave (negative: duller)")
     parser.add_argument("--train-speed", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
                         help="with --listen: speed perturbation range of training clips (1 1: none)")
     parser.add_argument("--train-pitch", type=int, nargs=2, default=(30, 70), metavar=("LOW", "HIGH"),
@@ -48,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     trained = {"--more-voices": args.more_voices, "--train-tilt": args.train_tilt != 0.0,
                "--train-speed": tuple(args.train_speed) != (1.0, 1.0), "--train-snr": tuple(args.train_snr) != (10.0, 30.0),
-               "--train-pitch": tuple(args.train_pitch) != (30, 70)}
+               "--train-pitch": tuple(args.train_pitch) != (30, 70), "--train-tilt-db": tuple(args.train_tilt_db) != (-6.0, 3.0)}
     if not args.listen and any(trained.values()):
         parser.error(f"{next(k for k, v in trained.items() if v)} shapes the --listen training corpus: add --listen")
     for name, share in {"--train-noise": args.train_noise, "--train-tilt": args.train_tilt}.items():
@@ -56,6 +58,10 @@ def main() -> None:
             parser.error(f"{name} is a share of the training clips, 0 to 1: got {share}")
     if not 0 < args.train_speed[0] <= args.train_speed[1]:
         parser.error(f"--train-speed needs 0 < LOW <= HIGH: got {args.train_speed[0]} {args.train_speed[1]}")
+    if args.train_tilt_db[0] > args.train_tilt_db[1]:
+        parser.error(f"--train-tilt-db needs LOW <= HIGH: got {args.train_tilt_db[0]} {args.train_tilt_db[1]}")
+    if trained["--train-tilt-db"] and not args.train_tilt:
+        parser.error("--train-tilt-db sets the slopes of --train-tilt's clips: add --train-tilt SHARE")
     if not 0 <= args.train_pitch[0] <= args.train_pitch[1] <= 99:
         parser.error(f"--train-pitch needs 0 <= LOW <= HIGH <= 99: got {args.train_pitch[0]} {args.train_pitch[1]}")
 
@@ -65,7 +71,8 @@ def main() -> None:
                          n_test_order=args.test if held_out else 0)
     heard = Speaking(TRAIN_VARIANTS) if listen else Speaking()  # dev and test voices are heard in training
     train = Speaking(TRAIN_VARIANTS + (MORE_VARIANTS if args.more_voices else ()), args.train_noise,
-                     tuple(args.train_snr), tuple(args.train_pitch), tuple(args.train_speed), args.train_tilt)
+                     tuple(args.train_snr), tuple(args.train_pitch), tuple(args.train_speed), args.train_tilt,
+                     tuple(args.train_tilt_db))
     speaking = {"train": train if listen else heard, "dev": heard, "test": heard, "test_order": heard}
     if held_out:
         splits["test_noisy"] = splits["test"]  # the same sentences: only the voices and the noise change

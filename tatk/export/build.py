@@ -149,6 +149,11 @@ def _encoder_part(recipe, merged: bool) -> tuple:
     return frozen.model, frozen.kind, frozen.extractor, frozen.window, _encoder_revision(recipe, frozen.info.revision)
 
 
+def _portable(config) -> dict:
+    """A base's config as a dict, without ``_name_or_path`` (where the base was on this machine)."""
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
 def _save_weights(tmp: Path, cfg, recipe, model, weights: dict, encoder, enc_scale: float | None) -> None:
     """config.json and model.safetensors: the trained weights only, or (``cfg.merged``) every weight of the
     model a default export loads, LoRA pairs merged."""
@@ -163,11 +168,8 @@ def _save_weights(tmp: Path, cfg, recipe, model, weights: dict, encoder, enc_sca
     llm = model.llm.unload() if recipe.model.decoder == "lora" else model.llm  # base LLM; pairs merged below
     if enc_scale:
         encoder = model.encoder.network.unload()
-    def stored(config) -> dict:  # without _name_or_path: where the base was on this machine
-        return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-
-    cfg.encoder_config = stored(encoder.config) if encoder is not None else None
-    cfg.llm_config = stored(llm.config)
+    cfg.encoder_config = _portable(encoder.config) if encoder is not None else None
+    cfg.llm_config = _portable(llm.config)
     full = TatkAsrModel(cfg, encoder=encoder, llm=llm)
     full.load_trained(weights)
     full.save_pretrained(tmp)
