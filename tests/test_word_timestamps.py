@@ -101,6 +101,9 @@ def test_export_holds_the_aligner(results):
     config = json.loads((results["export"] / "config.json").read_text())
     assert config["aligner_subfolder"] == "aligner" and config["aligner_revision"].startswith("sha256:")
     assert config["aligner"] == "ctc-copy"  # the copied folder's name, not its path on this machine
+    built_in = str(results["export"].parent.parent)  # the folder the export and the aligner's copy were made in
+    texts = [f for f in results["export"].rglob("*") if f.suffix in (".json", ".md", ".txt")]
+    assert any(f.parent.name == "aligner" for f in texts) and not [f for f in texts if built_in in f.read_text()]
     assert (results["export"] / "aligner" / "model.safetensors").is_file()
     assert not list((results["export"] / "aligner").glob("*.bin"))
     card = (results["export"] / "README.md").read_text()
