@@ -184,7 +184,7 @@ def report(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a run folder (its newest checkpoint).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export, which is replaced).")],
-    merged: Annotated[Optional[bool], typer.Option("--merged/--no-merged", help="Store every weight (encoder, LLM with LoRA merged): works without the base models. Default: merged when a base model is a local folder, references for Hub ids; --no-merged keeps references (absolute paths) to local folders too.", show_default=False)] = None,
+    merged: Annotated[Optional[bool], typer.Option("--merged/--no-merged", help="Store every weight (encoder, LLM with LoRA merged): works without the base models. Default: merged when a base model is a local folder, references for Hub ids; --no-merged keeps references (absolute paths) to local folders too: such an export loads on this machine only, and tatk push refuses it.", show_default=False)] = None,
     eval_summary: Annotated[Optional[Path], typer.Option("--eval", help="summary.json from `tatk eval`: its results go in the model card.")] = None,
     license: Annotated[str, typer.Option(help="License id for the model card's metadata.")] = "apache-2.0",
     aligner: Annotated[Optional[str], typer.Option(help="CTC model (Hub id or folder, e.g. facebook/wav2vec2-base-960h) for word timestamps; a folder is copied in.")] = None,
