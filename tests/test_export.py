@@ -193,6 +193,7 @@ def test_export_folder_is_hub_ready(exported, asr_run):
 
     assert "<|audio|>" in AutoTokenizer.from_pretrained(exported).get_vocab()
     card = (exported / "README.md").read_text()
+    assert f"| LLM | local folder `{config['llm']}` @ `{config['llm_revision']}`, decoder" in card
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["pipeline_tag"] == "automatic-speech-recognition" and meta["license"] == "mit"
     metric = meta["model-index"][0]["results"][0]["metrics"][0]

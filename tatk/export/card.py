@@ -46,10 +46,10 @@ def model_card(cfg, recipe, datasets: list[str], license: str, summary: dict | N
     """README.md with Hub metadata: what the model is made of, how to use it, what it supports, its evaluation."""
     lines = _metadata(cfg, datasets, license, summary, name)
     usage, support = _word_timestamps(cfg)
-    def base(name: str, revision: str) -> str:  # a local folder's revision is its content hash (build.py)
-        revision = revision or ""
+
+    def base(model: str, revision: str) -> str:  # a local folder's revision is its content hash (build.py)
         where = "local folder " if revision.startswith("sha256:") else ""
-        return f"{where}`{name}`" + (f" @ `{revision}`" if revision else "")
+        return f"{where}`{model}`" + (f" @ `{revision}`" if revision else "")
 
     body = f"""
 # {name}
