@@ -164,7 +164,7 @@ def test_synth_corpus_held_out_splits(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, TRAIN_VARIANTS
+    from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, RANDOM_VARIANTS, TRAIN_VARIANTS
 
     subprocess.run([sys.executable, "tools/synth_corpus.py", str(tmp_path), "--train", "24", "--dev", "2", "--test", "6",
                     "--held-out", "--listen", "--seed", "5"], check=True, cwd=Path(__file__).parents[1])
@@ -181,15 +181,17 @@ def test_synth_corpus_held_out_splits(tmp_path):
     # The training options change the training clips only: dev, test and the held-out splits stay byte-identical.
     more = tmp_path / "more"
     subprocess.run([sys.executable, "tools/synth_corpus.py", str(more), "--train", "24", "--dev", "2", "--test", "6",
-                    "--held-out", "--listen", "--seed", "5", "--more-voices", "--train-tilt", "1", "--train-speed", "0.9",
-                    "1.1"], check=True, cwd=Path(__file__).parents[1])
+                    "--held-out", "--listen", "--seed", "5", "--more-voices", "--random-voices", "64", "--train-tilt", "1",
+                    "--train-speed", "0.9", "1.1"], check=True, cwd=Path(__file__).parents[1])
     for split in ("dev", "test", "test_order", "test_noisy"):
         assert next(more.glob(f"*/{split}-*.parquet")).read_bytes() == next(tmp_path.glob(f"*/{split}-*.parquet")).read_bytes()
     train = pq.read_table(next(more.glob("*/train-*.parquet"))).to_pylist()
-    assert {variant(r) for r in train} <= set(TRAIN_VARIANTS + MORE_VARIANTS) and {variant(r) for r in train} & set(MORE_VARIANTS)
+    heard = {variant(r) for r in train}
+    assert heard <= set(TRAIN_VARIANTS + MORE_VARIANTS + RANDOM_VARIANTS) and heard & set(MORE_VARIANTS) and heard & set(RANDOM_VARIANTS)
     assert [r["text"] for r in train] == [r["text"] for r in tables["train"]]
     for bad, message in [(["--more-voices"], "--more-voices shapes the --listen training corpus"),
                          (["--listen", "--train-tilt", "1.5"], "--train-tilt is a share of the training clips"),
+                         (["--listen", "--random-voices", "65"], "--random-voices draws from 64 voices: got 65"),
                          (["--listen", "--train-speed", "1.1", "0.9"], "--train-speed needs 0 < LOW <= HIGH"),
                          (["--listen", "--train-tilt-db", "-9", "-3"], "--train-tilt-db sets the slopes of --train-tilt's"),
                          (["--listen", "--train-tilt", "0.5", "--train-tilt-db", "-3", "-9"], "--train-tilt-db needs LOW <= HIGH")]:
@@ -236,3 +238,27 @@ def test_tilt_changes_the_spectral_balance_by_the_slope_at_the_same_power():
         assert 20 * np.log10(amp[1] / amp[0]) == pytest.approx(2 * slope, abs=0.01)
         assert np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-4)
     assert np.allclose(tilt(x, sr, 0.0), x, atol=1e-6)
+
+
+def test_random_voices_speak_at_their_own_pitch_and_leave_the_bundled_data_alone():
+    import espeakng_loader
+
+    from tatk.synthetic.voices import RANDOM_VARIANTS, espeak_data, random_variant
+
+    bundled = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    assert not set(RANDOM_VARIANTS) & {p.name for p in bundled.iterdir()}
+    assert (Path(espeak_data()) / "voices" / "!v" / RANDOM_VARIANTS[3]).read_text() == random_variant(RANDOM_VARIANTS[3])
+    assert random_variant(RANDOM_VARIANTS[3]) != random_variant(RANDOM_VARIANTS[4])
+
+    def f0(x):  # median pitch, Hz, of the loud 40-ms frames, by autocorrelation (60-400 Hz)
+        n, lags = int(0.04 * SAMPLE_RATE), np.arange(SAMPLE_RATE // 400, SAMPLE_RATE // 60)
+        frames = [x[i:i + n] for i in range(0, len(x) - n, n)]
+        loud = [f - f.mean() for f in frames if np.sqrt(np.mean(f**2)) > 0.3 * np.sqrt(np.mean(x**2))]
+        return float(np.median([SAMPLE_RATE / lags[np.argmax([np.dot(f[:-k], f[k:]) for k in lags])] for f in loud]))
+
+    # espeak-ng reads each drawn file: the voice speaks within the pitch range its file declares (pitch parameter
+    # 50: the middle of it), which differs from variant to variant by up to an octave.
+    for name in RANDOM_VARIANTS[:6]:
+        low, high = map(int, re.search(r"^pitch (\d+) (\d+)$", random_variant(name), re.MULTILINE).groups())
+        x, _ = synthesize("WE SAW A MAN ON THE MOON", f"en-us+{name}", rate=150, pitch=50)
+        assert 0.9 * low < f0(x) < 1.1 * high, name

@@ -17,7 +17,7 @@ import time
 
 from tatk.synthetic.sentences import make_splits
 from tatk.synthetic.speech import write_corpus
-from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, TRAIN_VARIANTS, Speaking
+from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, RANDOM_VARIANTS, TRAIN_VARIANTS, Speaking
 
 
 def main() -> None:
@@ -39,6 +39,8 @@ def main() -> None:
                         help="with --listen: the noisy training clips' SNR range, dB")
     parser.add_argument("--more-voices", action="store_true",
                         help="with --listen: training also spoken by 46 more espeak-ng variants (72 in all)")
+    parser.add_argument("--random-voices", type=int, default=0, metavar="N",
+                        help=f"with --listen: training also spoken by N voices drawn at random (0-{len(RANDOM_VARIANTS)})")
     parser.add_argument("--train-tilt", type=float, default=0.0,
                         help="with --listen: share of training clips tilted (duller or brighter: --train-tilt-db)")
     parser.add_argument("--train-tilt-db", type=float, nargs=2, default=(-6.0, 3.0), metavar=("LOW", "HIGH"),
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("--train-pitch", type=int, nargs=2, default=(30, 70), metavar=("LOW", "HIGH"),
                         help="with --listen: espeak-ng pitch range of training clips (0-99)")
     args = parser.parse_args()
-    trained = {"--more-voices": args.more_voices, "--train-tilt": args.train_tilt != 0.0,
+    trained = {"--more-voices": args.more_voices, "--random-voices": args.random_voices != 0, "--train-tilt": args.train_tilt != 0.0,
                "--train-speed": tuple(args.train_speed) != (1.0, 1.0), "--train-snr": tuple(args.train_snr) != (10.0, 30.0),
                "--train-pitch": tuple(args.train_pitch) != (30, 70), "--train-tilt-db": tuple(args.train_tilt_db) != (-6.0, 3.0)}
     if not args.listen and any(trained.values()):
@@ -56,6 +58,8 @@ def main() -> None:
     for name, share in {"--train-noise": args.train_noise, "--train-tilt": args.train_tilt}.items():
         if not 0 <= share <= 1:
             parser.error(f"{name} is a share of the training clips, 0 to 1: got {share}")
+    if not 0 <= args.random_voices <= len(RANDOM_VARIANTS):
+        parser.error(f"--random-voices draws from {len(RANDOM_VARIANTS)} voices: got {args.random_voices}")
     if not 0 < args.train_speed[0] <= args.train_speed[1]:
         parser.error(f"--train-speed needs 0 < LOW <= HIGH: got {args.train_speed[0]} {args.train_speed[1]}")
     if args.train_tilt_db[0] > args.train_tilt_db[1]:
@@ -70,7 +74,8 @@ def main() -> None:
     splits = make_splits(args.train, args.dev, args.test, seed=args.seed, scrambled=args.scrambled if listen else 0.0,
                          n_test_order=args.test if held_out else 0)
     heard = Speaking(TRAIN_VARIANTS) if listen else Speaking()  # dev and test voices are heard in training
-    train = Speaking(TRAIN_VARIANTS + (MORE_VARIANTS if args.more_voices else ()), args.train_noise,
+    variants = TRAIN_VARIANTS + (MORE_VARIANTS if args.more_voices else ()) + RANDOM_VARIANTS[:args.random_voices]
+    train = Speaking(variants, args.train_noise,
                      tuple(args.train_snr), tuple(args.train_pitch), tuple(args.train_speed), args.train_tilt,
                      tuple(args.train_tilt_db))
     speaking = {"train": train if listen else heard, "dev": heard, "test": heard, "test_order": heard}

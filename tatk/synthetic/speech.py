@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tatk.synthetic.voices import VOICES, Speaking, add_noise, tilt, variant_sex
+from tatk.synthetic.voices import VOICES, Speaking, add_noise, espeak_data, tilt, variant_sex
 
 # espeak-ng through ctypes
 
@@ -71,7 +71,7 @@ def _espeak() -> ctypes.CDLL:
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        data = espeakng_loader.get_data_path().encode()
+        data = espeak_data().encode()
         if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_DONT_EXIT) != SAMPLE_RATE:
             raise RuntimeError("libespeak-ng failed to initialise")
         lib.espeak_SetSynthCallback(_collect)

@@ -3,7 +3,11 @@ variants held out of training, ``Speaking`` (how one split is spoken) and ``add_
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
 import re
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -25,6 +29,10 @@ MORE_VARIANTS = ("Alicia", "Andy", "Denis", "Diogo", "Henrique", "Hugo", "Jacky"
                  "gustave", "iven", "iven2", "iven3", "iven4", "kaukovalta", "m8", "marcelo", "michel", "miguel",
                  "norbert", "pablo", "pedro", "quincy", "rob", "sandro", "shelby", "victor", "zac", "grandpa",
                  "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6")
+# Voices no one recorded (`synth_corpus.py --random-voices N`): variant files drawn by ``random_variant``,
+# written next to the bundled ones in a copy of espeak-ng's data folder (``espeak_data``). 64, not more:
+# espeak-ng lists at most 349 voices and variants, and the bundled data has 245.
+RANDOM_VARIANTS = tuple(f"tatk-random{i:03d}" for i in range(64))
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,75 @@ class Speaking:
 @cache  # asked once per utterance by the corpus plan; the answer is a file read and a regex
 def variant_sex(variant: str) -> str:
     """``male`` / ``female`` from the variant file's ``gender`` line (espeak-ng's default, male, without one)."""
-    import espeakng_loader
-
-    text = (Path(espeakng_loader.get_data_path()) / "voices" / "!v" / variant).read_text(errors="replace")
+    text = (Path(espeak_data()) / "voices" / "!v" / variant).read_text(errors="replace")
     found = re.search(r"^gender\s+(\w+)", text, flags=re.MULTILINE | re.IGNORECASE)
     return found.group(1).lower() if found else "male"
+
+
+def random_variant(name: str) -> str:
+    """The text of an espeak-ng voice variant file named ``name`` (one of RANDOM_VARIANTS), a pure function of it.
+
+    Each parameter is drawn from about the range espeak-ng's bundled variants span: pitch, a vocal-tract
+    scale shared by the formants (higher for female voices) with per-formant jitter, formant heights and
+    widths (now and then one nearly silenced, as some bundled voices have), the spectral balance (``tone``:
+    amplitude at 600, 1200, 2000 and 3000 Hz, from dull to bright), voicing and consonant strength,
+    roughness and flutter.
+    """
+    r = random.Random(f"espeak-variant:{name}")
+    female = r.random() < 0.5
+    low = r.randint(140, 220) if female else r.randint(70, 130)
+    lines = ["language variant", f"name {name}", f"gender {'female' if female else 'male'}",
+             f"pitch {low} {low + r.randint(20, 80)}"]
+    scale = r.uniform(1.0, 1.2) if female else r.uniform(0.85, 1.05)
+    for k in range(9):
+        height = r.randint(5, 30) if k >= 2 and r.random() < 0.1 else r.randint(50, 150)
+        lines.append(f"formant {k} {round(100 * scale * r.uniform(0.92, 1.08))} {height} {r.randint(60, 160)}")
+    if r.random() < 0.7:
+        slope = r.uniform(0.3, 1.3)  # amplitude ratio per step: < 1 dull, > 1 bright
+        amps = [min(255, max(10, round(200 * slope**k))) for k in range(4)]
+        lines.append("tone " + " ".join(f"{f} {a}" for f, a in zip((600, 1200, 2000, 3000), amps)))
+    lines += [f"voicing {r.randint(40, 200)}", f"consonants {r.randint(50, 130)} {r.randint(50, 130)}",
+              f"roughness {r.randint(0, 5)}", f"flutter {r.choice((0, 1, 5, 10, 20))}"]
+    return "\n".join(lines) + "\n"
+
+
+@cache
+def espeak_data() -> str:
+    """espeak-ng's data folder for this process: the bundled one, with RANDOM_VARIANTS added to ``voices/!v``.
+
+    The bundled folder lives in an installed package and stays untouched: the copy is a folder of links to
+    its files plus the drawn variants, made once per machine under the temporary folder (its name is a hash
+    of the bundled path and the variants, so a change makes a new one) and renamed into place when whole.
+    """
+    import espeakng_loader
+
+    bundled = Path(espeakng_loader.get_data_path())
+    texts = {name: random_variant(name) for name in RANDOM_VARIANTS}
+    key = hashlib.sha256(repr((str(bundled), sorted(texts.items()))).encode()).hexdigest()[:16]
+    final = Path(tempfile.gettempdir()) / f"tatk-espeak-ng-data-{key}"
+    if final.is_dir():
+        return str(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    for entry in bundled.iterdir():
+        if entry.name != "voices":
+            (tmp / entry.name).symlink_to(entry)
+    for entry in (bundled / "voices").iterdir():
+        if entry.name != "!v":
+            (tmp / "voices").mkdir(exist_ok=True)
+            (tmp / "voices" / entry.name).symlink_to(entry)
+    variants = tmp / "voices" / "!v"
+    variants.mkdir(parents=True)
+    for entry in (bundled / "voices" / "!v").iterdir():
+        (variants / entry.name).symlink_to(entry)
+    for name, text in texts.items():
+        (variants / name).write_text(text)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process made it first: theirs is the same
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
 
 
 def add_noise(x: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
