@@ -113,27 +113,36 @@ def test_best_checkpoint_is_the_lowest_validated_one(reference):
 
 
 def test_a_truncated_tar_is_skipped_and_training_completes(base, tmp_path):
-    """One of 4 tars cut to an eighth: the run logs the skip and finishes (default limit: 1 % of 4 tars → 1);
-    with data.max_bad_tars = 0 it stops with one line."""
+    """One of 4 tars cut to an eighth: the run names it before training, logs the skip and finishes (default limit:
+    1 % of 4 tars → 1); with data.max_bad_tars = 0 it stops with one line before training, as for a missing tar."""
     import shutil
 
     damaged = tmp_path / "damaged"
     shutil.copytree(base / "shards" / "train", damaged)
     tar = damaged / "train-000001.tar"
-    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 8])
+    full = tar.stat().st_size
+    tar.write_bytes(tar.read_bytes()[: full // 8])
     short = {"train": {"steps": 12, "log_every": 6, "save_every": 12, "eval_every": 0}, "data": {"workers": 2},
              "eval": {"max_samples": 4, "wer_samples": 1, "max_new_tokens": 2}}
     for name in ("ok", "strict"):
         text = tiny_recipe(base, tmp_path / name, **short).replace(str(base / "shards" / "train"), str(damaged))
         (tmp_path / f"{name}.toml").write_text(text)
     done = tatk_train(tmp_path / "ok.toml")
+    assert f"warning: {tar}: {full // 8:,} bytes, its manifest records {full:,} (within data.max_bad_tars = 1" in done.stdout
     assert f"warning: skipped an unreadable tar: {tar}: " in done.stdout
     assert metrics(tmp_path / "ok")[12]["bad_tars"] == 1
     assert "step     12/12  loss " in done.stdout and "  elapsed 0:00:" in done.stdout  # whole lines in a log
     strict = subprocess.run([sys.executable, "tatk", "train", str(tmp_path / "strict.toml"), "--set", "data.max_bad_tars=0"],
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert strict.returncode == 2
-    assert strict.stderr.strip().splitlines()[-1].startswith("error: data.max_bad_tars: 1 unreadable tars, more than the 0")
+    assert strict.returncode == 2 and "step " not in strict.stdout  # refused before training
+    assert strict.stderr.strip().splitlines()[-1] == (
+        f"error: data.max_bad_tars: 1 training tars missing or not the size their manifest records, more than the 0 "
+        f"allowed (first: {tar}: {full // 8:,} bytes, its manifest records {full:,}; `tatk shard --verify FOLDER` checks every tar)")
+    # A missing tar is named the same way.
+    tar.unlink()
+    gone = subprocess.run([sys.executable, "tatk", "train", str(tmp_path / "strict.toml"), "--set", "data.max_bad_tars=0"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert gone.returncode == 2 and f"(first: {tar}: No such file or directory;" in gone.stderr
 
 
 def test_progress_eta_and_plain_lines_off_a_terminal():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from tatk.shard.format import FORMAT_VERSION
+from tatk.shard.format import FORMAT_VERSION, sha256_file
 from tatk.synthetic.tinyllm import WORDS, build_tiny_llm
 
 ENCODER_ID = "synthetic:chars"
@@ -58,7 +58,8 @@ def write_shards(out: Path, n_samples: int = 96, n_shards: int = 4, split: str =
                 f = feats.astype(np.float64)
                 fsum, fsq = fsum + f.sum(0), fsq + (f * f).sum(0)
                 index += 1
-        shards.append({"name": name, "samples": count, "hours": frames / 50.0 / 3600, "frames": frames})
+        shards.append({"name": name, "samples": count, "hours": frames / 50.0 / 3600, "frames": frames,
+                       "bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)})
         total += frames
     mean = fsum / total
     std = np.sqrt(np.maximum(fsq / total - mean**2, 0.0))

@@ -33,7 +33,7 @@ from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
 from tatk.train.position import DataPosition, max_bad
 from tatk.train.progress import StepProgress
-from tatk.train.stream import shard_sets, train_loader
+from tatk.train.stream import shard_sets, train_loader, wrong_size_tars
 from tatk.train.validate import evaluate
 from tatk.train.zero import Updates, configure as configure_deepspeed, deepspeed_stage
 
@@ -110,6 +110,14 @@ class Trainer:
         Under bf16 on GPU a frozen or LoRA'd LLM keeps bf16 weights (never updated: half the memory); a fully
         trained one keeps fp32 master weights under bf16 autocast, as every LLM does on CPU. Projector and adapters are fp32."""
         r, acc = self.recipe, self.accelerator
+        counts = [c for _, c, _ in shard_sets(r)]
+        self.max_bad, self.dropped = max_bad(r.data.max_bad_tars, counts), 0
+        bad = wrong_size_tars(r)  # before the LLM loads: a damaged copy is named in seconds
+        if len(bad) > self.max_bad:
+            raise UserError(f"data.max_bad_tars: {len(bad)} training tars missing or not the size their manifest records, "
+                            f"more than the {self.max_bad} allowed (first: {bad[0]}; `tatk shard --verify FOLDER` checks every tar)")
+        for why in bad:
+            self.console.print(f"warning: {why} (within data.max_bad_tars = {self.max_bad}: skipped if unreadable)")
         stats = read_split(r.data.train[0].path, r.data.train[0].split).get("stats")
         model = build_model(r, stats, torch.bfloat16 if self.bf16 and self.cuda and r.model.decoder != "full" else torch.float32)
         if r.model.init_from and not resume:  # stage chaining: start from the previous stage's weights
@@ -126,9 +134,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(o.warmup_steps, r.train.steps, o.min_lr_ratio))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.updates = Updates(acc, self.model, self.optimizer, o.grad_clip)
-        counts = [c for _, c, _ in shard_sets(r)]
         self.position = DataPosition(acc.process_index, acc.num_processes, r.data.workers, r.run.seed, counts)
-        self.max_bad, self.dropped = max_bad(r.data.max_bad_tars, counts), 0
         acc.register_for_checkpointing(self.scheduler, self.position)
 
         def keep_trainable(models, weights, output_dir):  # checkpoints hold trained weights, not the 0.6-3B LLM
