@@ -98,17 +98,19 @@ def espeak_data() -> str:
     """espeak-ng's data folder for this process: the bundled one, with RANDOM_VARIANTS added to ``voices/!v``.
 
     The bundled folder lives in an installed package and stays untouched: the copy is a folder of links to
-    its files plus the drawn variants, made once per machine under the temporary folder (its name is a hash
-    of the bundled path and the variants, so a change makes a new one) and renamed into place when whole.
+    its files plus the drawn variants, made once per user in ``~/.cache/tatk`` (``$XDG_CACHE_HOME``; not the
+    shared temporary folder, where another user could plant a folder of that name) and renamed into place
+    when whole. Its name is a hash of the bundled path and the variants, so a change makes a new one.
     """
     import espeakng_loader
 
     bundled = Path(espeakng_loader.get_data_path())
     texts = {name: random_variant(name) for name in RANDOM_VARIANTS}
     key = hashlib.sha256(repr((str(bundled), sorted(texts.items()))).encode()).hexdigest()[:16]
-    final = Path(tempfile.gettempdir()) / f"tatk-espeak-ng-data-{key}"
+    final = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tatk" / f"espeak-ng-data-{key}"
     if final.is_dir():
         return str(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     for entry in bundled.iterdir():
         if entry.name != "voices":
