@@ -9,7 +9,9 @@
 ``test_order`` (the training vocabulary in word orders the grammar never produces) and ``test_noisy``
 (the ``test`` sentences spoken by 8 voices never heard in training, with noise at 15 dB SNR).
 ``--listen`` changes training to teach listening: a share of training sentences in scrambled word order,
-26 voices instead of 12, and noise on a share of training clips.
+26 voices instead of 12, and noise on a share of training clips; ``--random-voices N`` adds N voices drawn
+at random (``tatk.synthetic.voices.random_variant``). The main job's corpus is
+``--held-out --listen --random-voices 26 --train-noise 0.5 --train-snr 5 25``.
 """
 
 import argparse
