@@ -52,8 +52,9 @@ def main() -> None:
     parser.add_argument("--train-pitch", type=int, nargs=2, default=(30, 70), metavar=("LOW", "HIGH"),
                         help="with --listen: espeak-ng pitch range of training clips (0-99)")
     args = parser.parse_args()
-    trained = {"--more-voices": args.more_voices, "--random-voices": args.random_voices != 0, "--train-tilt": args.train_tilt != 0.0,
-               "--train-speed": tuple(args.train_speed) != (1.0, 1.0), "--train-snr": tuple(args.train_snr) != (10.0, 30.0),
+    trained = {"--more-voices": args.more_voices, "--random-voices": args.random_voices != 0,
+               "--train-tilt": args.train_tilt != 0.0, "--train-speed": tuple(args.train_speed) != (1.0, 1.0),
+               "--train-snr": tuple(args.train_snr) != (10.0, 30.0),
                "--train-pitch": tuple(args.train_pitch) != (30, 70), "--train-tilt-db": tuple(args.train_tilt_db) != (-6.0, 3.0)}
     if not args.listen and any(trained.values()):
         parser.error(f"{next(k for k, v in trained.items() if v)} shapes the --listen training corpus: add --listen")

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -112,15 +113,12 @@ def espeak_data() -> str:
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    for entry in bundled.iterdir():
-        if entry.name != "voices":
-            (tmp / entry.name).symlink_to(entry)
-    for entry in (bundled / "voices").iterdir():
-        if entry.name != "!v":
-            (tmp / "voices").mkdir(exist_ok=True)
-            (tmp / "voices" / entry.name).symlink_to(entry)
     variants = tmp / "voices" / "!v"
     variants.mkdir(parents=True)
+    for folder, keep in ((bundled, "voices"), (bundled / "voices", "!v")):  # link all but the path to !v
+        for entry in folder.iterdir():
+            if entry.name != keep:
+                (tmp / entry.relative_to(bundled)).symlink_to(entry)
     for entry in (bundled / "voices" / "!v").iterdir():
         (variants / entry.name).symlink_to(entry)
     for name, text in texts.items():
@@ -128,8 +126,6 @@ def espeak_data() -> str:
     try:
         os.rename(tmp, final)
     except OSError:  # another process made it first: theirs is the same
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
 
