@@ -3,6 +3,7 @@
 import csv
 import io
 import multiprocessing
+import os
 import re
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def test_tilt_changes_the_spectral_balance_by_the_slope_at_the_same_power():
     assert np.allclose(tilt(x, sr, 0.0), x, atol=1e-6)
 
 
-def test_random_voices_speak_at_their_own_pitch_and_leave_the_bundled_data_alone():
+def test_random_voices_speak_at_their_own_pitch_and_leave_the_bundled_data_alone(tmp_path):
     import espeakng_loader
 
     from tatk.synthetic.voices import RANDOM_VARIANTS, espeak_data, random_variant
@@ -249,6 +250,18 @@ def test_random_voices_speak_at_their_own_pitch_and_leave_the_bundled_data_alone
     assert not set(RANDOM_VARIANTS) & {p.name for p in bundled.iterdir()}
     assert (Path(espeak_data()) / "voices" / "!v" / RANDOM_VARIANTS[3]).read_text() == random_variant(RANDOM_VARIANTS[3])
     assert random_variant(RANDOM_VARIANTS[3]) != random_variant(RANDOM_VARIANTS[4])
+    # A cache folder that cannot be made (here: a file in its way) leaves synthesis working, from a private copy.
+    import shutil
+    import subprocess
+    import sys
+
+    (blocked := Path(tmp_path) / "cache").write_text("a file, not a folder")
+    done = subprocess.run([sys.executable, "-c", "from tatk.synthetic.speech import synthesize; from tatk.synthetic.voices "
+                           "import espeak_data; x, _ = synthesize('HELLO', 'en-us+tatk-random001'); print(len(x) > 0, espeak_data())"],
+                          env={**os.environ, "XDG_CACHE_HOME": str(blocked)}, capture_output=True, text=True, check=True)
+    ok, path = done.stdout.split()
+    assert ok == "True" and not path.startswith(str(blocked)) and Path(path, "voices", "!v", "tatk-random001").is_file()
+    shutil.rmtree(Path(path).parent)
 
     def f0(x):  # median pitch, Hz, of the loud 40-ms frames, by autocorrelation (60-400 Hz)
         n, lags = int(0.04 * SAMPLE_RATE), np.arange(SAMPLE_RATE // 400, SAMPLE_RATE // 60)

@@ -102,6 +102,7 @@ def espeak_data() -> str:
     its files plus the drawn variants, made once per user in ``~/.cache/tatk`` (``$XDG_CACHE_HOME``; not the
     shared temporary folder, where another user could plant a folder of that name) and renamed into place
     when whole. Its name is a hash of the bundled path and the variants, so a change makes a new one.
+    Without a writable cache folder each process makes its own in the temporary folder.
     """
     import espeakng_loader
 
@@ -111,7 +112,10 @@ def espeak_data() -> str:
     final = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tatk" / f"espeak-ng-data-{key}"
     if final.is_dir():
         return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no writable cache folder: a private temporary one, for this process only
+        final = Path(tempfile.mkdtemp(prefix="tatk-espeak-ng-data-")) / final.name
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     variants = tmp / "voices" / "!v"
     variants.mkdir(parents=True)
