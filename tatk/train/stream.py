@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tatk.shard.format import read_split
+from tatk.shard.format import read_split, tar_size_problem
 from tatk.train import augment
 from tatk.train.collate import Codec, Sample, length_batches
 from tatk.train.position import DataPosition
@@ -50,22 +50,10 @@ def shard_sets(recipe) -> list[tuple[list[str], list[int], float]]:
 
 def wrong_size_tars(recipe) -> list[str]:
     """The [[data.train]] tars that are missing or not the size their manifest records, each as "path: why".
-
-    One stat per tar, so it is cheap at any scale (`tatk shard --verify` reads every byte for the sha256);
-    training checks this before it starts, so a truncated copy is named now, not when a step first reaches it.
-    """
-    out = []
-    for s in recipe.data.train:
-        for t in read_split(s.path, s.split)["shards"]:
-            path = Path(s.path) / t["name"]
-            try:
-                size = path.stat().st_size
-            except OSError as e:
-                out.append(f"{path}: {e.strerror or e}")
-                continue
-            if size != t["bytes"]:
-                out.append(f"{path}: {size:,} bytes, its manifest records {t['bytes']:,}")
-    return out
+    Training checks this before it starts, so a truncated copy is named now, not when a step first reaches it."""
+    problems = (tar_size_problem(Path(s.path) / t["name"], t["bytes"])
+                for s in recipe.data.train for t in read_split(s.path, s.split)["shards"])
+    return [p for p in problems if p]
 
 
 class TrainStream(IterableDataset):
