@@ -55,8 +55,8 @@ fi
 [ -f "$DIR/encoder/config.json" ] || stage encoder python -m tatk.synthetic.tiny glmasr "$DIR/encoder" --hidden "$ENCODER_WIDTH"
 [ -f "$DIR/llm/config.json" ] || stage decoder python -m tatk.synthetic.tinyllm "$DIR/llm" --corpus "$DIR/corpus" \
     --tokenizer bpe --bpe-vocab 2000 --prompt-words --hidden "$DECODER_WIDTH" --layers 4
-# The train split's 20 units are read and turned into log-mel by one worker process per core (the same tars as
-# with one worker; 65 s instead of 77 on 2 cores); a small split is one unit, which one worker reads.
+# The train split (20 units at the default size) is read and turned into log-mel by one worker process per
+# core: the same tars as with one worker, 65 s instead of 77 on 2 cores. A small split is one unit: one worker.
 for split in train dev test test_order test_noisy; do
     stage "shard-$split" tatk shard --dataset "$DIR/corpus" --subset small --split "$split" \
         --encoder "$DIR/encoder" --out "$SHARDS" --window fit --workers "$([ "$split" = train ] && nproc || echo 1)"
