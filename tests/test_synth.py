@@ -5,6 +5,9 @@ import io
 import multiprocessing
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +163,6 @@ def test_noise_is_added_at_the_requested_snr():
 
 
 def test_synth_corpus_held_out_splits(tmp_path):
-    import subprocess
-    import sys
-
     import pyarrow.parquet as pq
 
     from tatk.synthetic.voices import HELDOUT_VARIANTS, MORE_VARIANTS, RANDOM_VARIANTS, TRAIN_VARIANTS
@@ -251,17 +251,13 @@ def test_random_voices_speak_at_their_own_pitch_and_leave_the_bundled_data_alone
     assert (Path(espeak_data()) / "voices" / "!v" / RANDOM_VARIANTS[3]).read_text() == random_variant(RANDOM_VARIANTS[3])
     assert random_variant(RANDOM_VARIANTS[3]) != random_variant(RANDOM_VARIANTS[4])
     # A cache folder that cannot be made (here: a file in its way) leaves synthesis working, from a private copy.
-    import shutil
-    import subprocess
-    import sys
-
     (blocked := Path(tmp_path) / "cache").write_text("a file, not a folder")
     done = subprocess.run([sys.executable, "-c", "from tatk.synthetic.speech import synthesize; from tatk.synthetic.voices "
                            "import espeak_data; x, _ = synthesize('HELLO', 'en-us+tatk-random001'); print(len(x) > 0, espeak_data())"],
                           env={**os.environ, "XDG_CACHE_HOME": str(blocked)}, capture_output=True, text=True, check=True)
     ok, path = done.stdout.split()
     assert ok == "True" and not path.startswith(str(blocked)) and Path(path, "voices", "!v", "tatk-random001").is_file()
-    shutil.rmtree(Path(path).parent)
+    shutil.rmtree(path)
 
     def f0(x):  # median pitch, Hz, of the loud 40-ms frames, by autocorrelation (60-400 Hz)
         n, lags = int(0.04 * SAMPLE_RATE), np.arange(SAMPLE_RATE // 400, SAMPLE_RATE // 60)

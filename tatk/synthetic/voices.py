@@ -114,9 +114,9 @@ def espeak_data() -> str:
         return str(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # no writable cache folder: a private temporary one, for this process only
-        final = Path(tempfile.mkdtemp(prefix="tatk-espeak-ng-data-")) / final.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    except OSError:  # no cache folder, or one we cannot write in: a temporary copy for this process only
+        tmp = final = Path(tempfile.mkdtemp(prefix=f"tatk-{final.name}-"))  # renamed onto itself below
     variants = tmp / "voices" / "!v"
     variants.mkdir(parents=True)
     for folder, keep in ((bundled, "voices"), (bundled / "voices", "!v")):  # link all but the path to !v
