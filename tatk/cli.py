@@ -33,7 +33,7 @@ def shard(
     dataset: Annotated[Optional[str], typer.Option(help="Hub dataset id (or a local dataset folder), streamed.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Dataset config name, e.g. 'medium' for LoquaciousSet.")] = None,
     local: Annotated[Optional[Path], typer.Option(help="Local corpus: folder with metadata.csv / *.jsonl (file,text) or LoquaciousSet parquet files.")] = None,
-    split: Annotated[str, typer.Option(help="Split to read; also the shard name prefix.")] = "train",
+    split: Annotated[Optional[list[str]], typer.Option(help="Split to read; also the shard name prefix. Repeat for several splits, sharded in turn by one command. Default: train.")] = None,
     encoder: Annotated[str, typer.Option(help="Encoder: Hub id or local folder (GLM-ASR, Whisper, HuBERT/wav2vec2), or 'mel' / 'mel:N' for N-bin log-mel.")] = "zai-org/GLM-ASR-Nano-2512",
     audio_column: Annotated[str, typer.Option(help="Column holding the audio (LoquaciousSet: wav).")] = "wav",
     text_column: Annotated[str, typer.Option(help="Column holding the transcript.")] = "text",
@@ -58,7 +58,7 @@ def shard(
     finished units and redoes the rest. ``tatk shard --verify OUT`` checks a folder's completeness.
     """
     from tatk.data.corpus import CorpusSpec
-    from tatk.shard.run import ShardConfig, run_shard
+    from tatk.shard.run import ShardConfig, run_shards
 
     if verify is not None:
         from rich.console import Console
@@ -74,8 +74,9 @@ def shard(
     if out is None:
         _fail("give --out FOLDER (or --verify FOLDER to check one)")
 
+    splits = split or ["train"]
     corpus = CorpusSpec(
-        dataset=dataset, subset=subset, local=local, split=split, audio_column=audio_column, text_column=text_column,
+        dataset=dataset, subset=subset, local=local, split=splits[0], audio_column=audio_column, text_column=text_column,
         id_column=id_column, speaker_column=speaker_column, text_transform=text_transform,
     )
     cfg = ShardConfig(
@@ -84,7 +85,7 @@ def shard(
         max_skip_fraction=max_skip_fraction, window=window, command=" ".join(["tatk", *sys.argv[1:]]),
     )
     try:
-        run_shard(cfg)
+        run_shards(cfg, splits)
     except UserError as e:
         _fail(str(e))
 

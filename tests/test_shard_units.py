@@ -141,6 +141,22 @@ def test_workers_2_keeps_every_row_of_a_parquet_corpus(loquacious, tmp_path):
     assert manifest["samples"] == manifest["rows"] == 40 == len(read_shards(tmp_path)) and manifest["skipped"] == {}
 
 
+def test_several_splits_in_one_command_match_one_command_each(reference, loquacious, tiny_encoders, tmp_path):
+    """`--split test --split train`: each split's tars byte for byte as one command per split writes them, one
+    manifest for both; a split the corpus lacks, even given last, fails in one line before any tar is written."""
+    bad = run_tatk(*_args(loquacious, tiny_encoders["hubert"], tmp_path / "bad", "--split", "train", "--split", "nope"),
+                   check=False)
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "split 'nope'" in lines[0], bad.stderr
+    assert not list((tmp_path / "bad").glob("*.tar"))
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    run_tatk(*_args(loquacious, tiny_encoders["hubert"], out, "--split", "test", "--split", "train", "--workers", "2"))
+    run_tatk(*_args(loquacious, tiny_encoders["hubert"], alone, "--split", "test"))
+    assert _tars(out) == _tars(reference) | _tars(alone)
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert {name: split["samples"] for name, split in splits.items()} == {"test": 8, "train": 40}
+
+
 def test_sigkill_two_processes_then_resume_with_one_process_three_workers(reference, loquacious, tiny_encoders, tmp_path):
     out = tmp_path / "out"
     args = _args(loquacious, tiny_encoders["hubert"], out, "--workers", "2")
