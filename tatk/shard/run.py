@@ -147,26 +147,31 @@ def _todo(out: Path, book: UnitBook, corpus: Corpus) -> list:
     return todo
 
 
-def run_shard(cfg: ShardConfig) -> dict:
-    """Shard one split of a corpus; returns timing figures (``wall_s``, ``forward_s``, ``audio_s``) and
-    what this process did (``units``, ``read_bytes``)."""
+def _open(cfg: ShardConfig) -> tuple[Path, UnitBook, Corpus]:
+    """The output folder, the split's unit book, and the corpus listed (at the commit a resumed job started
+    on); fails now on a bad option or a wrong id, path, split or column. Nothing is written but ``out``."""
+    out = _check_options(cfg)
+    if not 0 < cfg.max_skip_fraction <= 1:
+        raise UserError(f"--max-skip-fraction must be in (0, 1], got {cfg.max_skip_fraction}")
+    book = UnitBook(out, cfg.corpus.split)
+    return out, book, Corpus(cfg.corpus, cfg.max_samples, book.pinned_revision())
+
+
+def run_shard(cfg: ShardConfig, opened: tuple[Path, UnitBook, Corpus] | None = None) -> dict:
+    """Shard one split of a corpus (``opened``: its ``_open(cfg)``, when already done); returns timing figures
+    (``wall_s``, ``forward_s``, ``audio_s``) and what this process did (``units``, ``read_bytes``)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
     from rich.console import Console
 
     from tatk.shard.progress import print_summary
 
-    out = _check_options(cfg)
-    if not 0 < cfg.max_skip_fraction <= 1:
-        raise UserError(f"--max-skip-fraction must be in (0, 1], got {cfg.max_skip_fraction}")
+    out, book, corpus = opened or _open(cfg)
     # Accelerator reads ACCELERATE_USE_CPU itself; PartialState must be told, or CPU processes
     # launched together would each think they are alone. It only picks this process's device: the
     # processes never wait on each other (no collective calls).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     console = Console(stderr=True)
-    book = UnitBook(out, cfg.corpus.split)
-    # Lists the units (at the commit a resumed job started on); fails now on a wrong id, path or column.
-    corpus = Corpus(cfg.corpus, cfg.max_samples, book.pinned_revision())
     # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
     # or a finished folder never loads the weights (storing audio never needs them).
     encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False, window=cfg.window)
@@ -206,10 +211,8 @@ def run_shards(cfg: ShardConfig, splits: list[str]) -> list[dict]:
     if not splits or len(set(splits)) < len(splits):
         raise UserError(f"--split: expected distinct split names, got {', '.join(splits) or 'none'}")
     configs = [replace(cfg, corpus=replace(cfg.corpus, split=split)) for split in splits]
-    if len(configs) > 1:
-        for one in configs:
-            Corpus(one.corpus, one.max_samples)
-    return [run_shard(one) for one in configs]
+    opened = [_open(one) for one in configs]
+    return [run_shard(one, split_opened) for one, split_opened in zip(configs, opened)]
 
 
 class _Sink:
