@@ -7,10 +7,12 @@ position maps onto another number of streams without repeating or skipping a uni
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -85,6 +87,29 @@ def test_one_epoch_yields_every_sample_exactly_once(base, tmp_path):
     for epoch in (0, 1):
         seen = epoch_keys(runs, epoch)
         assert sorted(seen) == sorted(want) and set(seen.values()) == {1}, epoch
+
+
+def test_short_clips_first(base, tmp_path):
+    """data.short_first_epochs: within the first epoch every stream yields exactly the clips of at most
+    short_first_seconds, each once, and counts the others as skipped; the next epoch yields every clip. At 0.5
+    epochs, streams 0-1 (dealt the first half of each epoch's 4 tars) yield short clips only, streams 2-3 all."""
+    train = base / "shards" / "train"
+    seconds = {raw["__key__"]: json.loads(raw["json"])["duration"]
+               for t in read_split(train, "train")["shards"] for raw in read_range(str(train / t["name"]))}
+    limit = float(np.median(list(seconds.values())))
+    short = sorted(k for k, s in seconds.items() if s <= limit)
+    assert 0 < len(short) < len(seconds)
+    recipe = recipe_for(base, tmp_path, short_first_epochs=1.0, short_first_seconds=limit)
+    runs = run_streams(recipe, codec_for(recipe), world=2, until_epoch=2)
+    assert sorted(epoch_keys(runs, 0)) == short and set(epoch_keys(runs, 0).values()) == {1}
+    assert sorted(epoch_keys(runs, 1)) == sorted(seconds) and set(epoch_keys(runs, 1).values()) == {1}
+    assert sum(b["events"]["short_skipped"] for batches in runs.values() for b in batches) == len(seconds) - len(short)
+
+    recipe = recipe_for(base, tmp_path, short_first_epochs=0.5, short_first_seconds=limit)
+    runs = run_streams(recipe, codec_for(recipe), world=2, until_epoch=1)
+    longest = {g: max(seconds[k] for rank, batches in runs.items() for b in batches if 2 * rank + b["position"][0] == g
+                      for k, o in zip(b["keys"], b["origins"]) if o[1] == 0) for g in range(4)}
+    assert longest[0] <= limit and longest[1] <= limit and longest[2] > limit and longest[3] > limit
 
 
 def test_resampling_keeps_the_with_replacement_rounds(base, tmp_path):

@@ -145,6 +145,28 @@ def test_a_truncated_tar_is_skipped_and_training_completes(base, tmp_path):
     assert gone.returncode == 2 and f"(first: {tar}: No such file or directory;" in gone.stderr
 
 
+def test_short_clips_first_are_counted_in_the_metrics(base, reference, tmp_path):
+    """data.short_first_epochs = 1: by the time the stream is past epoch 0, metrics.jsonl counts as
+    short_skipped exactly the clips longer than short_first_seconds (read once in epoch 0); off, no such key."""
+    import numpy as np
+
+    from tatk.shard.format import read_split
+    from tatk.train.tars import read_range
+
+    train = base / "shards" / "train"
+    seconds = [json.loads(raw["json"])["duration"] for t in read_split(train, "train")["shards"]
+               for raw in read_range(str(train / t["name"]))]
+    limit = float(np.median(seconds))
+    short = {"train": {"steps": 30, "log_every": 30, "save_every": 30, "eval_every": 0},
+             "data": {"workers": 0, "short_first_epochs": 1.0, "short_first_seconds": limit},
+             "eval": {"max_samples": 4, "wer_samples": 1, "max_new_tokens": 2}}
+    (tmp_path / "r.toml").write_text(tiny_recipe(base, tmp_path / "run", **short))
+    tatk_train(tmp_path / "r.toml")
+    last = metrics(tmp_path / "run")[30]
+    assert last["epoch"] > 1 and last["short_skipped"] == sum(s > limit for s in seconds) > 0
+    assert "short_skipped" not in metrics(reference)[STEPS]
+
+
 def test_progress_eta_and_plain_lines_off_a_terminal():
     """Off a terminal there is no live bar; the ETA is the segment's mean pace times the steps left."""
     import io

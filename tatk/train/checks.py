@@ -72,9 +72,14 @@ def _check_values(r: Recipe) -> None:
         if value <= 0:
             raise UserError(f"{key}: must be > 0, got {value}")
     for key, value in {"eval.max_samples": r.eval.max_samples, "eval.wer_samples": r.eval.wer_samples,
-                       "train.ctc_weight": r.train.ctc_weight}.items():
+                       "train.ctc_weight": r.train.ctc_weight, "data.short_first_epochs": r.data.short_first_epochs}.items():
         if value < 0:
             raise UserError(f"{key}: must be >= 0, got {value}")
+    if r.data.short_first_epochs and r.data.short_first_seconds <= 0:
+        raise UserError(f"data.short_first_seconds: must be > 0 with data.short_first_epochs = {r.data.short_first_epochs}, "
+                        f"got {r.data.short_first_seconds}")
+    if r.data.short_first_epochs and r.data.resample:
+        raise UserError("data.short_first_epochs: needs epochs (data.resample = false): resampled rounds have none")
     if r.data.max_bad_tars < -1:
         raise UserError(f"data.max_bad_tars: must be >= 0 (or -1: 1 % of the tars), got {r.data.max_bad_tars}")
     a = r.augment

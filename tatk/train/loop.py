@@ -111,7 +111,7 @@ class Trainer:
         trained one keeps fp32 master weights under bf16 autocast, as every LLM does on CPU. Projector and adapters are fp32."""
         r, acc = self.recipe, self.accelerator
         counts = [c for _, c, _ in shard_sets(r)]
-        self.max_bad, self.dropped = max_bad(r.data.max_bad_tars, counts), 0
+        self.max_bad, self.dropped, self.short_skipped = max_bad(r.data.max_bad_tars, counts), 0, 0
         bad = wrong_size_tars(r)  # before the LLM loads: a damaged copy is named in seconds
         if len(bad) > self.max_bad:
             raise UserError(f"data.max_bad_tars: {len(bad)} training tars missing or not the size their manifest records, "
@@ -231,6 +231,7 @@ class Trainer:
         errors = [b["error"] for b in micro_batches if "error" in b]
         bad = {p: why for b in micro_batches for p, why in b["events"]["bad"].items() if p not in self.position.bad}
         self.dropped += sum(b["events"]["dropped"] for b in micro_batches)
+        self.short_skipped += sum(b["events"]["short_skipped"] for b in micro_batches)
         flags = acc.reduce(torch.tensor([len(errors), len(bad)], dtype=torch.float32, device=acc.device), "sum")
         if not flags.sum().item():
             return
@@ -260,7 +261,10 @@ class Trainer:
                  "real_token_fraction": (totals[1] / totals[2]).item()}
         epochs = self.position.epochs(acc)  # collective
         stats.update({"epoch": epochs[0]} if len(epochs) == 1 else {f"epoch_{i}": e for i, e in enumerate(epochs)})
-        stats["dropped"] = acc.reduce(torch.tensor(float(self.dropped), device=acc.device), "sum").item()
+        counts = acc.reduce(torch.tensor([self.dropped, self.short_skipped], dtype=torch.float64, device=acc.device), "sum")
+        stats["dropped"] = counts[0].item()
+        if self.recipe.data.short_first_epochs:  # the curriculum's long clips, left for later epochs
+            stats["short_skipped"] = counts[1].item()
         stats["bad_tars"] = len(self.position.bad)
         stats.update({f"aux_{k}": acc.reduce(v, "mean").item() for k, v in self.aux_step.items()})  # unweighted, this step
         peak = next((v for k, v in PEAK_BF16.items() if self.cuda and k in torch.cuda.get_device_name()), None)

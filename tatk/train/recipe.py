@@ -99,6 +99,8 @@ class DataConfig:
     shuffle_buffer: int = 512  #: samples in the streaming shuffle buffer
     round_shards: int = 4  #: units (tars, or sample ranges of a small set's tars) read interleaved per shuffle round (the unit of resumable data state)
     resample: bool = False  #: false: every set is read in epochs, each a seeded permutation of its tars dealt to the streams (each tar once per epoch); true: tars drawn at random with replacement
+    short_first_epochs: float = 0.0  #: curriculum, short clips first: while a unit lies in its set's first N epochs (fractional: 0.05 is the first 5 % of the units dealt), only its clips of at most short_first_seconds train; the others are skipped there and counted (`short_skipped` in metrics.jsonl). 0: off
+    short_first_seconds: float = 0.0  #: the longest clip used within short_first_epochs
     max_bad_tars: int = -1  #: unreadable or truncated tars skipped (with a warning) before training stops; -1: 1 % of all training tars, rounded up
     workers: int = 2  #: DataLoader worker processes per rank (0: read in the training process)
     content: str = "features"  #: what the shards hold: features (encoder output) | audio (`tatk shard --store audio`; the model runs the encoder)

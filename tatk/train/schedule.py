@@ -61,6 +61,13 @@ class Schedule:
             e, i = e + 1, 0
         return int(self.order(s, e)[g + i * self.streams]), [e, i + 1]
 
+    def place(self, s: int, g: int, cursor: list[int]) -> float:
+        """Where the unit stream ``g`` was dealt last (``cursor`` is the cursor after it) stands in set ``s``'s
+        epochs: its epoch plus the share of that epoch's units dealt before it (so 1.5 is halfway through epoch 1)."""
+        e, i = cursor
+        before = len(self.basis[s]["done"].get(str(e), ())) + g + (i - 1) * self.streams
+        return e + before / self.n_units[s]
+
     def consumed(self, s: int, g: int, cursor: list[int]) -> dict[int, list[int]]:
         """Units of set ``s`` stream ``g`` has started by ``cursor``, per epoch."""
         e0, (e, i) = self.basis[s]["epoch"], cursor

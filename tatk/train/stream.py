@@ -8,17 +8,20 @@ an epoch.
 A stream is an endless series of *rounds*. Round r draws ``round_shards`` units, choosing each one's set
 at random (weighted so the sets' shares of *samples* follow ``weight``) and taking that set's next unit
 for this stream; it reads them interleaved through a shuffle buffer, sorts groups of ``group_size``
-samples by length and cuts each group into batches of at most ``max_tokens`` LLM positions. Everything is
+samples by length and cuts each group into batches of at most ``max_tokens`` LLM positions. While a unit
+lies in its set's first ``data.short_first_epochs`` epochs, only its clips of at most ``short_first_seconds``
+are used (a curriculum: short clips first; the others are counted as skipped). Everything is
 seeded by (seed, segment, stream, round), so a batch is named by (worker, round, index, cursors) and a
 checkpoint only stores, per worker, where to go on (position.py).
 
 Problems reach the training loop inside the batches: ``"events"`` (unreadable tars skipped, samples
-dropped, and bytes read, since the stream's previous batch) and, when a stream can never make a batch, ``{"error": one line}``; the loop turns either into
+dropped, long clips skipped by the curriculum, and bytes read, since the stream's previous batch) and, when a stream can never make a batch, ``{"error": one line}``; the loop turns either into
 the same outcome on every rank (loop.py).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +36,10 @@ from tatk.train.tars import BadTar, read_range, units
 
 _AUGMENT_STREAM = 1  # extra seed word: mask draws never coincide with the round's shuffling draws
 STUCK_UNITS = 8  # units of a set read in a row without one usable sample before the stream gives up on it
+
+
+def _no_events() -> dict:
+    return {"bad": {}, "dropped": 0, "short_skipped": 0, "bytes": 0}
 
 
 class _NoUnits(Exception):
@@ -77,16 +84,17 @@ class TrainStream(IterableDataset):
                            f"into {min(self.schedule.n_units)} units for the first run); resume with fewer processes × workers")
         return p / p.sum()
 
-    def _draw(self, g: int, rng, cursors: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
-        """The round's units as (set, unit, epoch), and the cursors after them."""
+    def _draw(self, g: int, rng, cursors: list[list[int]]) -> tuple[list[tuple[int, int, int, bool]], list[list[int]]]:
+        """The round's units as (set, unit, epoch, short: within the curriculum's epochs), and the cursors after them."""
         cursors, drawn = [list(c) for c in cursors], []
         for s in rng.choice(len(self.sets), size=self.data.round_shards, p=self._probs(g)):
             if self.data.resample:  # with replacement from this stream's fixed share
                 share = range(g % self.schedule.n_units[s], self.schedule.n_units[s], self.streams)
-                drawn.append((int(s), int(share[rng.integers(len(share))]), -1))
+                drawn.append((int(s), int(share[rng.integers(len(share))]), -1, False))
             else:
                 u, cursors[s] = self.schedule.next(int(s), g, cursors[s])
-                drawn.append((int(s), u, cursors[s][0]))
+                short = self.schedule.place(int(s), g, cursors[s]) < self.data.short_first_epochs
+                drawn.append((int(s), u, cursors[s][0], short))
         return drawn, cursors
 
     def _read(self, s: int, u: int, epoch: int) -> Iterator[dict]:
@@ -105,10 +113,15 @@ class TrainStream(IterableDataset):
         finally:
             self.events["bytes"] += counter[0]
 
-    def _samples(self, s: int, u: int, epoch: int) -> Iterator[Sample]:
-        """A unit's usable samples; dropped ones are counted, and a set giving none for too long is an error."""
-        usable, shortest = 0, None  # shortest row among the samples too long for a batch
+    def _samples(self, s: int, u: int, epoch: int, short: bool) -> Iterator[Sample]:
+        """A unit's usable samples (``short``: those of at most ``short_first_seconds``); dropped and skipped
+        ones are counted, and a set giving none for too long is an error."""
+        usable, skipped, shortest = 0, 0, None  # shortest row among the samples too long for a batch
         for raw in self._read(s, u, epoch):
+            if short and json.loads(raw["json"])["duration"] > self.data.short_first_seconds:
+                self.events["short_skipped"] += 1
+                skipped += 1
+                continue
             sample = self.codec.decode(raw)
             sample.origin = raw["__origin__"]
             if sample.n_audio < 1 or sample.n_tokens > self.data.max_tokens:  # too short to project / never fits
@@ -119,7 +132,7 @@ class TrainStream(IterableDataset):
             usable += 1
             yield sample
         t = self.units[s][u][0]
-        if usable:
+        if usable or skipped:  # clips left for a later epoch are not a set that cannot make a batch
             self.stuck[s] = 0
         elif self.sets[s][0][t] not in self.known_bad:
             self.stuck[s] += 1
@@ -161,7 +174,7 @@ class TrainStream(IterableDataset):
         yield from grouped(None)
 
     def _fresh_events(self) -> dict:
-        events, self.events = self.events, {"bad": {}, "dropped": 0, "bytes": 0}
+        events, self.events = self.events, _no_events()
         return events
 
     def __iter__(self) -> Iterator[dict]:
@@ -170,7 +183,7 @@ class TrainStream(IterableDataset):
         g = self.rank * self.n_workers + worker
         at = self.start.get(worker)
         r, skip, cursors = (at["round"], at["batch"], at["start"]) if at else (0, 0, self.schedule.start())
-        self.events, self.error, self.stuck = {"bad": {}, "dropped": 0, "bytes": 0}, None, [0] * len(self.sets)
+        self.events, self.error, self.stuck = _no_events(), None, [0] * len(self.sets)
         while True:
             rng = np.random.default_rng([self.seed, self.segment, g, r])
             try:
