@@ -146,8 +146,8 @@ def test_a_truncated_tar_is_skipped_and_training_completes(base, tmp_path):
 
 
 def test_short_clips_first_are_counted_in_the_metrics(base, reference, tmp_path):
-    """data.short_first_epochs = 1: by the time the stream is past epoch 0, metrics.jsonl counts as
-    short_skipped exactly the clips longer than short_first_seconds (read once in epoch 0); off, no such key."""
+    """data.short_first_epochs = 1: by the time the stream is past epoch 0, metrics.jsonl and the log line count
+    as short_skipped exactly the clips longer than short_first_seconds (read once in epoch 0); off, no such key."""
     import numpy as np
 
     from tatk.shard.format import read_split
@@ -161,9 +161,10 @@ def test_short_clips_first_are_counted_in_the_metrics(base, reference, tmp_path)
              "data": {"workers": 0, "short_first_epochs": 1.0, "short_first_seconds": limit},
              "eval": {"max_samples": 4, "wer_samples": 1, "max_new_tokens": 2}}
     (tmp_path / "r.toml").write_text(tiny_recipe(base, tmp_path / "run", **short))
-    tatk_train(tmp_path / "r.toml")
-    last = metrics(tmp_path / "run")[30]
-    assert last["epoch"] > 1 and last["short_skipped"] == sum(s > limit for s in seconds) > 0
+    done = tatk_train(tmp_path / "r.toml")
+    last, n_long = metrics(tmp_path / "run")[30], sum(s > limit for s in seconds)
+    assert last["epoch"] > 1 and last["short_skipped"] == n_long > 0
+    assert f"  dropped 0  short_skipped {n_long}  " in done.stdout  # a count prints whole, not in e-notation
     assert "short_skipped" not in metrics(reference)[STEPS]
 
 

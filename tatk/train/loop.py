@@ -262,9 +262,9 @@ class Trainer:
         epochs = self.position.epochs(acc)  # collective
         stats.update({"epoch": epochs[0]} if len(epochs) == 1 else {f"epoch_{i}": e for i, e in enumerate(epochs)})
         counts = acc.reduce(torch.tensor([self.dropped, self.short_skipped], dtype=torch.float64, device=acc.device), "sum")
-        stats["dropped"] = counts[0].item()
+        stats["dropped"] = int(counts[0].item())
         if self.recipe.data.short_first_epochs:  # the curriculum's long clips, left for later epochs
-            stats["short_skipped"] = counts[1].item()
+            stats["short_skipped"] = int(counts[1].item())
         stats["bad_tars"] = len(self.position.bad)
         stats.update({f"aux_{k}": acc.reduce(v, "mean").item() for k, v in self.aux_step.items()})  # unweighted, this step
         peak = next((v for k, v in PEAK_BF16.items() if self.cuda and k in torch.cuda.get_device_name()), None)
@@ -281,8 +281,8 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
             timing = self.progress.logged(stats)
-            self.console.print(f"step {step:>6}/{self.recipe.train.steps}  " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
-                               + f"  {timing}")
+            line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())  # counts whole
+            self.console.print(f"step {step:>6}/{self.recipe.train.steps}  {line}  {timing}")
 
 
 def aux_loss_weights(recipe: Recipe) -> dict[str, float]:
