@@ -7,7 +7,6 @@ position maps onto another number of streams without repeating or skipping a uni
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from train_fixtures import prepare_tiny, tiny_recipe, write_shards
+from train_fixtures import clip_seconds, prepare_tiny, tiny_recipe, write_shards
 
 from tatk.shard.format import read_split
 from tatk.train.collate import Codec
@@ -93,9 +92,7 @@ def test_short_clips_first(base, tmp_path):
     """data.short_first_epochs: within the first epoch every stream yields exactly the clips of at most
     short_first_seconds, each once, and counts the others as skipped; the next epoch yields every clip. At 0.5
     epochs, streams 0-1 (dealt the first half of each epoch's 4 tars) yield short clips only, streams 2-3 all."""
-    train = base / "shards" / "train"
-    seconds = {raw["__key__"]: json.loads(raw["json"])["duration"]
-               for t in read_split(train, "train")["shards"] for raw in read_range(str(train / t["name"]))}
+    seconds = clip_seconds(base / "shards" / "train")
     limit = float(np.median(list(seconds.values())))
     short = sorted(k for k, s in seconds.items() if s <= limit)
     assert 0 < len(short) < len(seconds)

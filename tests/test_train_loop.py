@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import ENV, ROOT, metrics, prepare_tiny, tiny_recipe
+from train_fixtures import ENV, ROOT, clip_seconds, metrics, prepare_tiny, tiny_recipe
 
 STEPS = 40
 LOOP = {"train": {"steps": STEPS, "log_every": 1, "save_every": 10, "eval_every": 20, "keep_best": "val_loss"},
@@ -150,12 +150,7 @@ def test_short_clips_first_are_counted_in_the_metrics(base, reference, tmp_path)
     as short_skipped exactly the clips longer than short_first_seconds (read once in epoch 0); off, no such key."""
     import numpy as np
 
-    from tatk.shard.format import read_split
-    from tatk.train.tars import read_range
-
-    train = base / "shards" / "train"
-    seconds = [json.loads(raw["json"])["duration"] for t in read_split(train, "train")["shards"]
-               for raw in read_range(str(train / t["name"]))]
+    seconds = list(clip_seconds(base / "shards" / "train").values())
     limit = float(np.median(seconds))
     short = {"train": {"steps": 30, "log_every": 30, "save_every": 30, "eval_every": 0},
              "data": {"workers": 0, "short_first_epochs": 1.0, "short_first_seconds": limit},

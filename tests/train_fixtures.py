@@ -74,6 +74,15 @@ def write_shards(out: Path, n_samples: int = 96, n_shards: int = 4, split: str =
     return out
 
 
+def clip_seconds(folder: Path, split: str = "train") -> dict[str, float]:
+    """{sample key: duration in seconds} of a shard folder's split, as its samples record it."""
+    from tatk.shard.format import read_split
+    from tatk.train.tars import read_range
+
+    return {raw["__key__"]: json.loads(raw["json"])["duration"]
+            for t in read_split(folder, split)["shards"] for raw in read_range(str(folder / t["name"]))}
+
+
 def asr_recipe(run_dir: Path, encoder: Path, llm: Path, shards: Path, steps: int, group_size: int = 8) -> str:
     """TOML of a tiny recognizer (projector + full tiny decoder) trained on real shards of a tiny GLM-ASR-style
     encoder (dim 64), as the `asr_run` fixture and tools/bench_eval.py build it."""
