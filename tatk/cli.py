@@ -127,7 +127,7 @@ def eval_(
     dataset: Annotated[Optional[list[str]], typer.Option(help="Hub dataset id or local dataset folder: transcribe its audio end to end. Repeatable.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Dataset config name (with --dataset).")] = None,
     local: Annotated[Optional[list[Path]], typer.Option(help="Local corpus folder (metadata.csv / *.jsonl / parquet): transcribe its audio. Repeatable.")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    split: Annotated[Optional[list[str]], typer.Option(help="Split to evaluate; repeat for several, each a test set of every source (one model load). Default: test.")] = None,
     audio_column: Annotated[str, typer.Option(help="Column holding the audio (LoquaciousSet: wav), as for tatk shard.")] = "wav",
     text_column: Annotated[str, typer.Option(help="Column holding the reference transcript.")] = "text",
     id_column: Annotated[str, typer.Option(help="Column holding the utterance id; missing → row index.")] = "ID",
@@ -138,7 +138,7 @@ def eval_(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Decoding limit per utterance; default: the recipe's eval.max_new_tokens (baselines: their own).")] = None,
     num_beams: Annotated[int, typer.Option(help="Beam search with N beams; 1 is greedy decoding.")] = 1,
     metric: Annotated[str, typer.Option(help="Metrics shown in the table: wer, cer or wer,cer (summary.json always has both).")] = "wer",
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (several test sets: their parent); default <model>/eval-<data>-<split>.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (several test sets: their parent, each in eval-<data>-<split>); default <model>/eval-<data>-<split>.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1...; default cuda when available.")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two eval summaries (summary.json or their folders) instead.")] = None,
 ) -> None:
@@ -156,7 +156,7 @@ def eval_(
         elif model is None:
             raise UserError("give a MODEL (checkpoint, run or export folder, Hub id, transformers ASR model), or --compare A B")
         else:
-            run_evals(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split,
+            run_evals(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split or ["test"],
                                   max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                   num_beams=num_beams, out=out, device=device, metrics=parse_metrics(metric),
                                   audio_column=audio_column, text_column=text_column, id_column=id_column,

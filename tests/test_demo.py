@@ -34,6 +34,11 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     return {"dir": root / "demo", "shards": root / "shards", "run": root / "demo" / "asr", "stdout": done.stdout}
 
 
+def evals(demo: dict[str, Path], split: str) -> Path:
+    """The demo's `tatk eval` folder of a test split (all three written by one command: eval-<shards name>-<split>)."""
+    return demo["run"] / f"eval-{demo['shards'].name}-{split}"
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -63,9 +68,9 @@ def test_demo_every_stage_leaves_valid_artifacts(demo):
     assert len(losses) >= 2 and losses[-1] < 0.8 * losses[0], losses
     assert any("wer" in r for r in metrics(demo["run"]))  # validation ran on the dev split
     # eval on the held-out test split
-    summary = json.loads((demo["run"] / "eval-test" / "summary.json").read_text())
+    summary = json.loads((evals(demo, "test") / "summary.json").read_text())
     assert summary["n"] == 12 and summary["split"] == "test" and 0 <= summary["wer"] < 10
-    rows = (demo["run"] / "eval-test" / "utterances.jsonl").read_text().splitlines()
+    rows = (evals(demo, "test") / "utterances.jsonl").read_text().splitlines()
     assert len(rows) == 12
     # report: a readable PNG of the size plotted, the eval summary, worst and best utterances
     report = demo["run"] / "report"
@@ -91,7 +96,7 @@ def test_demo_sets_held_out_splits_side_by_side(demo):
     table = text[text.index("## Held-out splits side by side"):]
     first = None
     for split in ("test", "test_order", "test_noisy"):
-        summary = json.loads((demo["run"] / f"eval-{split}" / "summary.json").read_text())
+        summary = json.loads((evals(demo, split) / "summary.json").read_text())
         assert summary["split"] == split and summary["n"] == 12
         first = summary["wer"] if first is None else first
         assert f"| {split} | {summary['data']} | 12 | {100 * summary['wer']:.2f} % | {100 * (summary['wer'] - first):+.2f} |" in table

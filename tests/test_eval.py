@@ -145,6 +145,22 @@ def test_shard_eval_writes_consistent_files_and_the_models_own_transcripts(asr_r
         assert got[uid] == (text, direct)
 
 
+def test_repeated_split_is_a_test_set_per_split_each_as_evaluated_alone(asr_run, shard_eval, tmp_path):
+    """--split test --split train: one test set per split, each in eval-<data name>-<split> under --out, with the
+    rows and WER of that split evaluated alone, and one table row each."""
+    proc = run_tatk("eval", asr_run["run"], "--data", asr_run["shards"], "--split", "test", "--split", "train",
+                    "--batch-size", "3", "--out", tmp_path)
+    folders = {split: tmp_path / f"eval-{asr_run['shards'].name}-{split}" for split in ("test", "train")}
+    alone = shard_eval[0]
+    assert (folders["test"] / "utterances.jsonl").read_text() == (alone / "utterances.jsonl").read_text()
+    test, train = (json.loads((folders[s] / "summary.json").read_text()) for s in ("test", "train"))
+    assert test["wer"] == json.loads((alone / "summary.json").read_text())["wer"] and test["split"] == "test"
+    rows = [json.loads(line) for line in (folders["train"] / "utterances.jsonl").read_text().splitlines()]
+    assert train["split"] == "train" and train["n"] == len(rows)
+    assert sorted(r["id"] for r in rows) == sorted(i for i, _, _ in _shard_features(asr_run["shards"], "train"))
+    assert "[test]" in proc.stdout and "[train]" in proc.stdout
+
+
 def test_num_beams_gives_the_models_own_beam_transcripts(asr_run, tmp_path):
     """--num-beams N: shard mode and audio mode both decode with N beams, as the model does one clip at a time."""
     from tatk.evaluate.run import EvalOptions, run_eval
@@ -201,6 +217,8 @@ def test_bad_inputs_fail_with_one_line(asr_run, tmp_path):
     fails("no such checkpoint", model=str(tmp_path / "nowhere"))
     fails("no such shard folder", data=tmp_path / "no-shards")
     fails("no split 'dev'", split="dev")
+    fails("no split 'dev'", split=["test", "dev"])  # every split is checked before any model loads
+    fails("both write eval-", split=["test", "test"])
     fails("cannot be opened", dataset="nobody/no-such-dataset")  # a second test set, checked before any model loads
     fails("needs a tatk checkpoint", model="org/some-model")
     fails("no such folder", data=None, local=tmp_path / "no-corpus")

@@ -43,15 +43,16 @@ def _paths(value) -> list:
 
 @dataclass
 class EvalOptions:
-    """What ``tatk eval`` runs (see ``tatk eval --help``). ``data``, ``dataset`` and ``local`` each take one value or
-    a list: every one given is a test set, evaluated in turn with the same model (one summary and table row each)."""
+    """What ``tatk eval`` runs (see ``tatk eval --help``). ``data``, ``dataset``, ``local`` and ``split`` each take one
+    value or a list: every source given, read at every split given, is a test set, evaluated in turn with the same
+    model (one summary and table row each)."""
 
     model: str  # checkpoint or run folder; in audio mode also an export folder, a Hub id or any transformers ASR model
     data: Path | list[Path] | None = None  # shard folder(s) (shard mode)
     dataset: str | list[str] | None = None  # Hub dataset id(s) or local dataset folder(s) (audio mode)
     subset: str | None = None  # dataset config, for every --dataset
     local: Path | list[Path] | None = None  # local corpus folder(s) (audio mode)
-    split: str = "test"
+    split: str | list[str] = "test"  # the split(s) read from every source
     max_samples: int | None = None  # first N utterances (shard mode) or input rows (audio mode), per test set
     batch_size: int = 16
     max_new_tokens: int | None = None  # None: the recipe's eval.max_new_tokens, else 128 for tatk exports (models.DEFAULT_MAX_NEW_TOKENS)
@@ -71,23 +72,25 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "data"
 
 
-def _test_sets(opt: EvalOptions) -> list[tuple[str, str, str]]:
-    """(mode, source, name) of every test set, in the order given: shard folders, datasets, local folders."""
-    sets = [("shards", str(d), Path(d).resolve().name) for d in _paths(opt.data)]
-    sets += [("audio", d, _safe(str(d).rstrip("/").split("/")[-1] + (f"-{opt.subset}" if opt.subset else "")))
-             for d in _paths(opt.dataset)]
-    sets += [("audio-local", str(d), Path(d).resolve().name) for d in _paths(opt.local)]
-    return sets
+def _test_sets(opt: EvalOptions) -> list[tuple[str, str, str, str]]:
+    """(mode, source, name, split) of every test set, in the order given: shard folders, datasets, local folders,
+    each at every split in turn."""
+    sources = [("shards", str(d), Path(d).resolve().name) for d in _paths(opt.data)]
+    sources += [("audio", d, _safe(str(d).rstrip("/").split("/")[-1] + (f"-{opt.subset}" if opt.subset else "")))
+                for d in _paths(opt.dataset)]
+    sources += [("audio-local", str(d), Path(d).resolve().name) for d in _paths(opt.local)]
+    return [(mode, source, name, split) for mode, source, name in sources for split in _paths(opt.split)]
 
 
-def _check(opt: EvalOptions) -> list[tuple[str, str, str]]:
+def _check(opt: EvalOptions) -> list[tuple[str, str, str, str]]:
     sets = _test_sets(opt)
     if not sets:
-        raise UserError("give a test set: --data (shard folder), --dataset or --local (audio); each may be repeated")
-    names = [name for _, _, name in sets]
-    twice = sorted({n for n in names if names.count(n) > 1})
+        raise UserError("give a test set: --data (shard folder), --dataset or --local (audio), and a --split; "
+                        "each may be repeated")
+    folders = [f"eval-{name}-{split}" for _, _, name, split in sets]
+    twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:
-        raise UserError(f"two test sets would both write eval-{twice[0]}-{opt.split}; give them different folder names")
+        raise UserError(f"two test sets would both write {twice[0]}; give them different folder names or splits")
     for name in ("batch_size", "max_samples", "max_new_tokens", "num_beams"):
         value = getattr(opt, name)
         if value is not None and value <= 0:
@@ -124,24 +127,24 @@ def run_evals(opt: EvalOptions) -> list[dict]:
     device = _device(opt)
     model = Evaluated(opt.model, device, opt.max_new_tokens, opt.num_beams)
     starts = []
-    for mode, source, _ in sets:
+    for mode, source, _, split in sets:
         if mode == "shards":
-            starts.append(model.open_shards(Path(source), opt.split, opt.max_samples))
+            starts.append(model.open_shards(Path(source), split, opt.max_samples))
         else:
             spec = CorpusSpec(dataset=source if mode == "audio" else None, subset=opt.subset if mode == "audio" else None,
-                              local=Path(source) if mode == "audio-local" else None, split=opt.split,
+                              local=Path(source) if mode == "audio-local" else None, split=split,
                               audio_column=opt.audio_column, text_column=opt.text_column, id_column=opt.id_column,
                               speaker_column=opt.speaker_column, text_transform=opt.text_transform)
             starts.append(model.open_audio(spec, opt.max_samples))
     summaries, outs = [], []
-    for (mode, source, name), start in zip(sets, starts):
+    for (mode, source, name, split), start in zip(sets, starts):
         run_batch, facts, items, skipped = start()
         model_path = Path(facts["model"])
         # next to the checkpoint or model folder; a Hub id's results go under ./evals/<id>
         home = model_path if model_path.is_dir() else Path("evals") / _safe(opt.model)
-        folder = f"eval-{name}-{opt.split}"
+        folder = f"eval-{name}-{split}"
         out = (Path(opt.out) if len(sets) == 1 else Path(opt.out) / folder) if opt.out else home / folder
-        summaries.append(_evaluate(opt, mode, source, name, run_batch, facts, items, skipped, device, out))
+        summaries.append(_evaluate(opt, mode, source, name, split, run_batch, facts, items, skipped, device, out))
         outs.append(out)
     print_table(Console(), summaries, outs, opt.metrics)
     return summaries
@@ -155,7 +158,7 @@ def run_eval(opt: EvalOptions) -> dict:
     return summaries[0]
 
 
-def _evaluate(opt, mode, source, name, run_batch, facts, items, skipped, device, out: Path) -> dict:
+def _evaluate(opt, mode, source, name, split, run_batch, facts, items, skipped, device, out: Path) -> dict:
     """One test set: transcribe with a progress bar, score, write the two files atomically; returns the summary."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -173,7 +176,7 @@ def _evaluate(opt, mode, source, name, run_batch, facts, items, skipped, device,
 
         done, hyps, wall = transcribe(items, run_batch, opt.batch_size, tick)
     if not done:
-        raise UserError(f"{name} split {opt.split!r}: no utterance to evaluate (skipped: {skipped or 'none'})")
+        raise UserError(f"{name} split {split!r}: no utterance to evaluate (skipped: {skipped or 'none'})")
     s = score([it.reference for it in done], hyps)
     if s.empty_references:
         skipped["empty_reference"] = s.empty_references
@@ -185,7 +188,7 @@ def _evaluate(opt, mode, source, name, run_batch, facts, items, skipped, device,
     audio_s = sum(it.duration for it in done)
     summary = {
         **facts, "mode": "shards" if mode == "shards" else "audio", "data": source,
-        "subset": opt.subset if mode == "audio" else None, "split": opt.split,
+        "subset": opt.subset if mode == "audio" else None, "split": split,
         "n": s.n, "skipped": skipped, "audio_hours": audio_s / 3600, "wall_s": wall,
         "rtfx": audio_s / wall if wall > 0 else float("inf"),
         "wer": s.wer, "sub": s.sub, "del": s.dels, "ins": s.ins, "ref_words": s.ref_words,
