@@ -57,6 +57,7 @@ def test_load_override_and_render_roundtrip(base, tmp_path):
     (["data.short_first_epochs=-1"], "data.short_first_epochs: must be >= 0"),
     (["data.short_first_epochs=2"], "data.short_first_seconds: must be > 0 with data.short_first_epochs = 2.0, got 0.0"),
     (["data.short_first_epochs=2", "data.short_first_seconds=3", "data.resample=true"], "data.short_first_epochs: needs epochs"),
+    (["data.short_first_seconds=3"], "data.short_first_seconds = 3.0 does nothing without data.short_first_epochs"),
     (["eval.max_batches=5"], "eval.max_batches: unknown recipe key"),
 ])
 def test_bad_recipes_fail_with_the_key(base, tmp_path, overrides, message):

@@ -78,6 +78,9 @@ def _check_values(r: Recipe) -> None:
     if r.data.short_first_epochs and r.data.short_first_seconds <= 0:
         raise UserError(f"data.short_first_seconds: must be > 0 with data.short_first_epochs = {r.data.short_first_epochs}, "
                         f"got {r.data.short_first_seconds}")
+    if r.data.short_first_seconds and not r.data.short_first_epochs:  # a knob that would silently do nothing
+        raise UserError(f"data.short_first_seconds = {r.data.short_first_seconds} does nothing without "
+                        "data.short_first_epochs (the epochs that train only clips that short)")
     if r.data.short_first_epochs and r.data.resample:
         raise UserError("data.short_first_epochs: needs epochs (data.resample = false): resampled rounds have none")
     if r.data.max_bad_tars < -1:
