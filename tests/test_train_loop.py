@@ -256,3 +256,11 @@ def test_next_stage_with_frozen_projector_is_self_contained(base, reference, tmp
     assert projector and all(torch.equal(state[k], v) for k, v in projector.items())
     lora_b = [v for k, v in state.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
+
+
+def test_log_line_numbers_are_readable():
+    """4 significant digits, whole numbers from 10,000 up (a rate of 10,980 tokens/s, not 1.098e+04), counts as they are."""
+    from tatk.train.progress import figure
+
+    assert [figure(v) for v in (10980.4, 227.23, 0.96441, 5e-05, 19338, -12345.6)] == \
+        ["10980", "227.2", "0.9644", "5e-05", "19338", "-12346"]

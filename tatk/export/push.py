@@ -12,6 +12,11 @@ from tatk.export.build import AUTO_MAP, REQUIRED
 def check_export(folder: str | Path) -> list[tuple[str, int]]:
     """Validate an export folder (config with auto_map, code, readable weights, tokenizer, preprocessor);
     returns (relative path, bytes) of every file that would be uploaded."""
+    return _checked(folder)[1]
+
+
+def _checked(folder: str | Path) -> tuple[dict, list[tuple[str, int]]]:
+    """``check_export``, also returning the folder's config.json (read once)."""
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -32,8 +37,8 @@ def check_export(folder: str | Path) -> list[tuple[str, int]]:
                 pass
         except Exception as e:  # noqa: BLE001  safetensors raises its own types for truncated or garbled files
             raise UserError(f"{f}: cannot read weights ({first_line(e)})") from None
-    return [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return config, [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob("*"))
+                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
 
 
 def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
@@ -43,8 +48,7 @@ def push(export_dir: str | Path, repo_id: str, private: bool = False, revision: 
 
     The token comes from huggingface_hub's usual places (``HF_TOKEN``, a cached login); it is never printed.
     """
-    files = check_export(export_dir)
-    config = json.loads((Path(export_dir) / "config.json").read_text())
+    config, files = _checked(export_dir)
     if not config.get("merged"):  # --no-merged: bases by reference, and a local one only exists on this machine
         for part in ("encoder", "llm"):
             if Path(str(config.get(part, ""))).is_absolute():

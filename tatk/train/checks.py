@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from tatk.train.recipe import FeaturesConfig, ProjectorConfig, Recipe
 
 
-def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, content: str) -> None:
+def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, content: str) -> dict:
+    """The shard folder's manifest, once checked against the recipe."""
     if not Path(path).is_dir():
         raise UserError(f"{key}.path: shard folder {path} does not exist (run `tatk shard --out {path} ...` first)")
     try:
@@ -36,6 +37,7 @@ def _check_shards(key: str, path: str, split: str, features: FeaturesConfig, con
     features.window = window  # resolved here, so the run's recipe.toml (and every export) records it
     if split not in manifest["splits"]:
         raise UserError(f"{key}.split: {path} has no split {split!r} (has {sorted(manifest['splits'])})")
+    return manifest
 
 
 def check_recipe(r: Recipe, check_shards: bool) -> None:
@@ -159,8 +161,8 @@ def _check_files(r: Recipe) -> None:
     for i, s in enumerate(r.data.train):
         if s.weight <= 0:
             raise UserError(f"data.train[{i}].weight: must be > 0, got {s.weight}")
-        _check_shards(f"data.train[{i}]", s.path, s.split, r.features, r.data.content)
-        if not sum(t["samples"] for t in read_manifest(s.path)["splits"][s.split]["shards"]):
+        manifest = _check_shards(f"data.train[{i}]", s.path, s.split, r.features, r.data.content)
+        if not sum(t["samples"] for t in manifest["splits"][s.split]["shards"]):
             raise UserError(f"data.train[{i}].path: split {s.split!r} of {s.path} holds no samples")
     if r.data.val is not None:
         _check_shards("data.val", r.data.val.path, r.data.val.split, r.features, r.data.content)

@@ -32,7 +32,7 @@ from tatk.train.projector_config import aux_weights
 from tatk.train.recipe import Recipe, render_recipe
 from tatk.train.speechlm import build_model
 from tatk.train.position import DataPosition, max_bad
-from tatk.train.progress import StepProgress
+from tatk.train.progress import StepProgress, figure
 from tatk.train.stream import shard_sets, train_loader, wrong_size_tars
 from tatk.train.validate import evaluate
 from tatk.train.zero import Updates, configure as configure_deepspeed, deepspeed_stage
@@ -281,7 +281,7 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
             timing = self.progress.logged(stats)
-            line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())  # counts whole
+            line = "  ".join(f"{k} {figure(v)}" for k, v in stats.items())
             self.console.print(f"step {step:>6}/{self.recipe.train.steps}  {line}  {timing}")
 
 

@@ -18,6 +18,13 @@ def clock(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
+def figure(value) -> str:
+    """A log-line number: 4 significant digits, whole from 10,000 up (10980, not 1.098e+04); counts as they are."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
 class StepProgress:
     """Progress of steps ``start + 1 .. total`` of this run segment (a resumed run counts from its checkpoint)."""
 
