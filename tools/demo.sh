@@ -76,7 +76,7 @@ stage train accelerate launch --num_processes 1 --num_machines 1 --mixed_precisi
     tatk train recipes/demo.toml ${overrides[@]+"${overrides[@]}"}
 # The three test splits in one command (one model load), each into $RUN/eval-<shard folder name>-<split>
 stage eval tatk eval "$RUN" --data "$SHARDS" --split test --split test_order --split test_noisy --out "$RUN"
-evals=$RUN/eval-$(basename "$SHARDS")
+evals=$RUN/eval-$(cd "$SHARDS" && basename "$(pwd -P)")  # eval names a folder by its real name (links resolved)
 stage export tatk export "$RUN" "$DIR/export" --eval "$evals-test/summary.json"
 stage report tatk report "$RUN" --eval "$evals-test" --eval "$evals-test_order" --eval "$evals-test_noisy"
 
