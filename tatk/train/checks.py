@@ -58,7 +58,8 @@ def _check_values(r: Recipe) -> None:
                "projector.kind": (r.projector.kind, tuple(PROJECTORS)),
                "log.wandb": (r.log.wandb, ("auto", "offline", "off")),
                "train.keep_best": (r.train.keep_best, ("", "wer", "val_loss")),
-               "train.precision": (r.train.precision, ("auto", "bf16", "fp32"))}
+               "train.precision": (r.train.precision, ("auto", "bf16", "fp32")),
+               "train.attention": (r.train.attention, ("sdpa", "eager", "flash_attention_2"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}")

@@ -168,9 +168,11 @@ def build_model(recipe, stats: dict | None, llm_dtype: torch.dtype, allow_missin
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(recipe.model.llm)
-        llm = AutoModelForCausalLM.from_pretrained(recipe.model.llm, dtype=llm_dtype)
+        llm = AutoModelForCausalLM.from_pretrained(recipe.model.llm, dtype=llm_dtype, attn_implementation=recipe.train.attention)
     except OSError as e:
         raise UserError(f"model.llm: cannot load {recipe.model.llm!r} ({str(e).splitlines()[0]})") from None
+    except ImportError as e:  # flash_attention_2 without the flash-attn package
+        raise UserError(f"train.attention: {str(e).splitlines()[0]}") from None
     tokenizer.add_tokens([AUDIO_TOKEN], special_tokens=True)
     layout = build_layout(tokenizer, recipe.model.prompt)
     feats = recipe.features
