@@ -37,11 +37,16 @@ def test_utterance_norm_ignores_padding():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def recipe_path(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("m")
     base = prepare_tiny(tmp)
     (tmp / "r.toml").write_text(tiny_recipe(base, tmp / "run"))
-    recipe = load_recipe(tmp / "r.toml", [])
+    return tmp / "r.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny(recipe_path):
+    recipe = load_recipe(recipe_path, [])
     model = build_model(recipe, None, torch.float32)
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
     batch = next(iter(train_loader(recipe, codec, DataPosition(0, 1, 0, 0, [c for _, c, _ in shard_sets(recipe)]), False)))
@@ -79,6 +84,26 @@ def test_label_position_logits_match_full_logits(tiny):
     assert n_audio.tolist() == [model.projector.output_length(int(n)) for n in batch["feat_lens"]]
     a, b = model(batch), model(batch, label_logits_only=False)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_attention_implementations_agree(tiny, recipe_path):
+    """train.attention reaches the LLM; eager (matmul + softmax) and sdpa give one loss and one gradient on a
+    batch of rows of different lengths (padding masked)."""
+    sdpa, batch = tiny
+    assert sdpa.llm.config._attn_implementation == "sdpa"
+    assert (batch["attention_mask"] == 0).any()
+    eager = build_model(load_recipe(recipe_path, ["train.attention=eager"]), None, torch.float32)
+    assert eager.llm.config._attn_implementation == "eager"
+    eager.load_state_dict(sdpa.state_dict())
+    losses, grads = [], []
+    for model in (sdpa, eager):
+        model.projector.zero_grad()
+        loss = model(batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.projector.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6) and grads[0].abs().sum() > 0
 
 
 def test_splice_gradient_reaches_projector_only(tiny):

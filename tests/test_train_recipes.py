@@ -51,6 +51,7 @@ def test_load_override_and_render_roundtrip(base, tmp_path):
     (["train.steps=0"], "train.steps: must be > 0"),
     (["train.keep_best=loss"], "train.keep_best: 'loss' is not one of"),
     (["train.precision=fp16"], "train.precision: 'fp16' is not one of"),
+    (["train.attention=flash"], "train.attention: 'flash' is not one of"),
     (["data.max_bad_tars=-2"], "data.max_bad_tars: must be >= 0"),
     (["eval.max_samples=-1"], "eval.max_samples: must be >= 0"),
     (["augment.token_swap=1.0"], "augment.token_swap: must be in [0, 1), got 1.0"),
