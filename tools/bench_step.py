@@ -1,10 +1,12 @@
-"""Benchmark (not a test): the main job's training step in fp32 vs under bf16 autocast, side by side.
+"""Benchmark (not a test): the main job's training step under each precision and attention, side by side.
 
-Run after `bash tools/demo.sh` (it reads recipes/demo.toml, the demo's shards and decoder). Both precisions
-train the same model on the same batches; the variants alternate, and each one's best pass is reported, so
-a machine's drift touches both alike. Prints a markdown table.
+Run after `bash tools/demo.sh` (it reads recipes/demo.toml, the demo's shards and decoder). Every variant
+(fp32 or bf16 autocast × the LLM's attention as sdpa or eager, `train.attention`) trains the same model
+from the same weights on the same batches; the variants alternate, and each one's best pass is reported,
+so a machine's drift touches all alike. The batches are the stream's first, read without the recipe's
+short-clips-first curriculum (clips of every length, as most of a run sees). Prints a markdown table.
 
-    python tools/bench_precision.py [--steps 40] [--set key=value ...]
+    python tools/bench_step.py [--steps 40] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tatk.train.recipe import load_recipe
 from tatk.train.speechlm import build_model
 from tatk.train.stream import shard_sets, train_loader
 
+ATTENTIONS = ("sdpa", "eager")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -31,9 +35,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], help="recipe override, as for tatk train")
     args = ap.parse_args()
-    recipe = load_recipe(args.recipe, args.set)
+    overrides = ["data.short_first_epochs=0", "data.short_first_seconds=0", *args.set]
+    recipes = {a: load_recipe(args.recipe, [*overrides, f"train.attention={a}"]) for a in ATTENTIONS}
+    recipe = recipes["sdpa"]
     train = recipe.data.train[0]
-    model = build_model(recipe, read_split(train.path, train.split).get("stats"), torch.float32)
+    stats = read_split(train.path, train.split).get("stats")
+    models = {a: build_model(r, stats, torch.float32) for a, r in recipes.items()}  # same seed: same weights
+    model = models["sdpa"]
     codec = Codec(model.tokenizer, model.layout, model.projector.output_length)
     start = DataPosition(0, 1, 0, recipe.run.seed, [c for _, c, _ in shard_sets(recipe)])
     stream = iter(train_loader(recipe, codec, start, False))
@@ -43,8 +51,9 @@ def main() -> None:
     initial = copy.deepcopy(model.state_dict())
     weights = aux_loss_weights(recipe)
 
-    def run(bf16: bool) -> float:
+    def run(attention: str, bf16: bool) -> float:
         """Seconds per step over the batches, from the same initial weights and a fresh optimizer."""
+        model = models[attention]
         model.load_state_dict(initial)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.optim.lr)
         t = time.perf_counter()
@@ -57,15 +66,15 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t) / len(batches)
 
-    best = {"fp32": float("inf"), "bf16": float("inf")}
+    best = {(a, p): float("inf") for p in ("fp32", "bf16") for a in ATTENTIONS}
     for _ in range(3):  # alternating passes, best of each: the first also warms allocators and caches
-        for name in best:
-            best[name] = min(best[name], run(name == "bf16"))
+        for a, p in best:
+            best[a, p] = min(best[a, p], run(a, p == "bf16"))
+    base = best["sdpa", "fp32"]
     print(f"\n{args.recipe}: {args.steps} steps, {samples:.1f} utterances/batch, {torch.get_num_threads()} threads\n")
-    print("| precision | ms/step | utterances/s |\n|---|---|---|")
-    for name, t in best.items():
-        print(f"| {name} | {1000 * t:.0f} | {samples / t:.0f} |")
-    print(f"\nbf16 autocast: {best['fp32'] / best['bf16']:.2f}x the fp32 step rate")
+    print("| precision | attention | ms/step | utterances/s | step time vs fp32 + sdpa |\n|---|---|---|---|---|")
+    for (a, p), t in best.items():
+        print(f"| {p} | {a} | {1000 * t:.0f} | {samples / t:.0f} | {t / base:.2f} |")
 
 
 if __name__ == "__main__":
