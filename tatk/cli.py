@@ -156,7 +156,7 @@ def eval_(
         elif model is None:
             raise UserError("give a MODEL (checkpoint, run or export folder, Hub id, transformers ASR model), or --compare A B")
         else:
-            run_evals(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split or ["test"],
+            run_evals(EvalOptions(model=model, data=data, dataset=dataset, subset=subset, local=local, split=split or EvalOptions.split,
                                   max_samples=max_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                   num_beams=num_beams, out=out, device=device, metrics=parse_metrics(metric),
                                   audio_column=audio_column, text_column=text_column, id_column=id_column,
