@@ -106,6 +106,15 @@ def test_attention_implementations_agree(tiny, recipe_path):
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6) and grads[0].abs().sum() > 0
 
 
+def test_flash_attention_without_its_package_is_one_line(recipe_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(UserError, match="^train.attention: .*FlashAttention2"):
+        build_model(load_recipe(recipe_path, ["train.attention=flash_attention_2"]), None, torch.float32)
+
+
 def test_splice_gradient_reaches_projector_only(tiny):
     model, batch = tiny
     model.zero_grad()
