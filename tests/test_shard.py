@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,8 @@ def test_both_readers_read_the_shards(speech, tmp_path):
     for row in ds:
         np.testing.assert_array_equal(np.asarray(row["feats.npy"]), ours[row["__key__"]]["feats.npy"])
         assert row["txt"] == ours[row["__key__"]]["txt"]
+    with tarfile.open(files[0]) as tar:  # plain ustar members: no pax header on each (a float mtime adds one)
+        assert [m.pax_headers for m in tar] == [{}] * len(tar.getmembers()) and tar.getmembers()[0].mtime == 0
 
 
 @pytest.mark.parametrize("args,needle", [

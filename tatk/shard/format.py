@@ -139,8 +139,9 @@ class UnitWriter:
     def _open(self) -> None:
         self.name = f"{self.prefix}-{len(self.tars):03d}.tar"
         self.tmp = self.out / f".{self.name}.tmp{os.getpid()}"
-        # A fixed mtime makes the same input give byte-identical tars.
-        self._tar = wds.TarWriter(str(self.tmp), mtime=0.0)
+        # A fixed mtime makes the same input give byte-identical tars. An int: with a float, tarfile adds a pax
+        # header to every member (1 KB more each, and about as long again to read the tar's headers back).
+        self._tar = wds.TarWriter(str(self.tmp), mtime=0)
         self.cur = dict(name=self.name, samples=0, seconds=0.0, frames=0)
         self.bytes = 0
 
