@@ -113,6 +113,9 @@ def test_demo_export_transcribes_a_test_clip(demo):
 
     export = demo["dir"] / "export"
     assert (export / "config.json").is_file()
+    # the model card states the in-grammar test split's WER (tools/demo.sh passes that eval to tatk export)
+    test = json.loads((evals(demo, "test") / "summary.json").read_text())
+    assert f"| test | 12 | {test['audio_hours']:.3f} | {100 * test['wer']:.2f} % |" in (export / "README.md").read_text()
     table = pq.read_table(min((demo["dir"] / "corpus" / "test").glob("*.parquet")))
     wave = decode(table["wav"][0].as_py()["bytes"])
     asr = pipeline("automatic-speech-recognition", model=str(export), trust_remote_code=True, device="cpu")
