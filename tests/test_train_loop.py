@@ -24,11 +24,11 @@ EXPECTED = {1: 6.230613708496094, 40: 6.054662704467773}
 
 
 
-def tatk_train(recipe: Path, *args: str, wait: bool = True):
+def tatk_train(recipe: Path, *args: str, wait: bool = True, env: dict | None = None):
     cmd = [sys.executable, "tatk", "train", str(recipe), *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -88,6 +88,16 @@ def test_bf16_precision_autocasts_on_cpu_and_keeps_fp32_weights(base, reference,
     assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * fp32, (bf16, fp32)
     weights = load_file(tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_compile_gives_the_eager_runs_loss(base, reference, tmp_path):
+    """train.compile = true reaches the loop: inductor compiles (its cache folder fills) and the first step's loss
+    is the eager reference run's."""
+    loop = {"train": {**LOOP["train"], "steps": 2, "save_every": 2, "eval_every": 0, "compile": True}, "data": LOOP["data"]}
+    (tmp_path / "r.toml").write_text(tiny_recipe(base, tmp_path / "run", **loop))
+    tatk_train(tmp_path / "r.toml", env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    assert any((tmp_path / "inductor").rglob("*.py"))
+    assert metrics(tmp_path / "run")[1]["loss"] == pytest.approx(metrics(reference)[1]["loss"], rel=1e-5)
 
 
 def test_best_checkpoint_is_the_lowest_validated_one(reference):
@@ -193,6 +203,19 @@ def test_zero_resume_on_another_process_count_is_refused_in_one_line(tmp_path):
         Trainer._check_resume(me(2, 1), tmp_path)
     Trainer._check_resume(me(2, 2), tmp_path)  # the same count
     Trainer._check_resume(me(None, 1), tmp_path)  # DDP / one process: the data position is mapped instead
+
+
+def test_compile_under_deepspeed_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from tatk.errors import UserError
+    from tatk.train.recipe import Recipe
+    from tatk.train.zero import configure
+
+    recipe = Recipe()
+    recipe.train.compile = True
+    with pytest.raises(UserError, match="^train.compile: not under DeepSpeed"):
+        configure(SimpleNamespace(state=None), recipe)  # refused before DeepSpeed's config is read
 
 
 def test_refuses_to_overwrite_a_run(reference):

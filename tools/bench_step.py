@@ -1,9 +1,10 @@
 """Benchmark (not a test): the main job's training step under each precision and attention, side by side.
 
 Run after `bash tools/demo.sh` (it reads recipes/demo.toml, the demo's shards and decoder). Every variant
-(fp32 or bf16 autocast × the LLM's attention as sdpa or eager, `train.attention`) trains the same model
-from the same weights on the same batches; the variants alternate, and each one's best pass is reported,
-so a machine's drift touches all alike. The batches are the stream's first, read without the recipe's
+(fp32 or bf16 autocast × the LLM's attention as sdpa or eager, `train.attention`; and bf16 + eager with the
+decoder layers compiled, `train.compile`) trains the same model from the same weights on the same batches;
+the variants alternate, and each one's best pass is reported, so a machine's drift touches all alike (the
+compiled variant's first pass also compiles: its time is printed). The batches are the stream's first, read without the recipe's
 short-clips-first curriculum (clips of every length, as most of a run sees). Prints a markdown table.
 
     python tools/bench_step.py [--steps 40] [--set key=value ...]
@@ -51,9 +52,13 @@ def main() -> None:
     initial = copy.deepcopy(model.state_dict())
     weights = aux_loss_weights(recipe)
 
-    def run(attention: str, bf16: bool) -> float:
+    def run(attention: str, bf16: bool, compiled: bool = False) -> float:
         """Seconds per step over the batches, from the same initial weights and a fresh optimizer."""
         model = models[attention]
+        if compiled and attention not in bodies:
+            model.compile_decoder()  # compiles lazily, in the first pass's first steps
+            bodies[attention] = model.compiled_body
+        model.compiled_body = bodies[attention] if compiled else None
         model.load_state_dict(initial)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.optim.lr)
         t = time.perf_counter()
@@ -66,15 +71,21 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t) / len(batches)
 
-    best = {(a, p): float("inf") for p in ("fp32", "bf16") for a in ATTENTIONS}
-    for _ in range(3):  # alternating passes, best of each: the first also warms allocators and caches
-        for a, p in best:
-            best[a, p] = min(best[a, p], run(a, p == "bf16"))
-    base = best["sdpa", "fp32"]
+    variants = [(p, a, False) for p in ("fp32", "bf16") for a in ATTENTIONS] + [("bf16", "eager", True)]
+    best, bodies, first = {v: float("inf") for v in variants}, {}, {}
+    for _ in range(3):  # alternating passes, best of each: the first also warms allocators and caches (and compiles)
+        for p, a, c in variants:
+            t = run(a, p == "bf16", c)
+            first.setdefault((p, a, c), t)
+            best[p, a, c] = min(best[p, a, c], t)
+    base = best["fp32", "sdpa", False]
     print(f"\n{args.recipe}: {args.steps} steps, {samples:.1f} utterances/batch, {torch.get_num_threads()} threads\n")
     print("| precision | attention | ms/step | utterances/s | step time vs fp32 + sdpa |\n|---|---|---|---|---|")
-    for (a, p), t in best.items():
-        print(f"| {p} | {a} | {1000 * t:.0f} | {samples / t:.0f} | {t / base:.2f} |")
+    for (p, a, c), t in best.items():
+        print(f"| {p} | {a}{', compiled' if c else ''} | {1000 * t:.0f} | {samples / t:.0f} | {t / base:.2f} |")
+    compiled = ("bf16", "eager", True)
+    print(f"\ncompiled: the first pass took {args.steps * (first[compiled] - best[compiled]):.0f} s more than the best "
+          f"(compiling); step time vs bf16 + eager: {best[compiled] / best['bf16', 'eager', False]:.2f}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ class Trainer:
             self.console.print(f"loaded trained weights from {r.model.init_from}")
         if r.train.gradient_checkpointing:  # recompute LLM activations in backward: less memory, ~30% more compute
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if r.train.compile:  # after gradient checkpointing: the compiled layers are copies that keep its flags
+            model.compile_decoder()
         model = model.to(acc.device)
         self.codec = Codec(model.tokenizer, model.layout, model.projector.output_length,
                            audio=model.encoder.inputs if model.encoder is not None else None)  # audio shards: prepared in workers

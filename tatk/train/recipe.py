@@ -143,6 +143,7 @@ class TrainConfig:
     precision: str = "auto"  #: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 (autocast on any device: on a CPU, fast only with AVX512-BF16 or AMX instructions) | fp32; trained weights stay fp32 either way
     ctc_weight: float = 0.0  #: weight of an auxiliary CTC loss on the projected frames (0: off): a linear head (LLM width × vocabulary + 1 parameters; Qwen3-0.6B: 156 M) learns to read the transcript's tokens off the audio positions, which can teach a from-scratch decoder to listen sooner; trained at optim.lr, kept in checkpoints, not exported
     attention: str = "sdpa"  #: the LLM's attention implementation (transformers' attn_implementation): sdpa (PyTorch's fused kernels) | eager (matmul + softmax: on CPU, for rows of ~60 positions, a step in 0.76x sdpa's time, whose CPU backward is slow; docs/main-job.md) | flash_attention_2 (GPU, needs the flash-attn package)
+    compile: bool = False  #: compile the LLM's decoder layers (torch.compile through Accelerate's compile_regions) for training forwards (dynamic shapes; validation and decoding stay eager): the first steps wait for the compiler (~1-2 min on 2 CPU cores, cached in /tmp/torchinductor_<user> for later runs), then the demo's CPU training loop takes a step in 0.79-0.90x eager's time (docs/main-job.md); not with DeepSpeed
     gradient_checkpointing: bool = False  #: recompute LLM activations in backward (lora/full decoders; also the encoder's with model.encoder = "lora"): less memory, more compute
 
 

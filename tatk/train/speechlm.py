@@ -82,6 +82,7 @@ class SpeechLM(SpeechDecoding, nn.Module):
         emb = llm.get_input_embeddings()
         self.ctc_head = nn.Linear(emb.embedding_dim, emb.num_embeddings + 1) if ctc else None
         self.ctc = torch.zeros(())
+        self.compiled_body = None  # train.compile: see compile_decoder
         if decoder == "frozen":
             self.llm.requires_grad_(False)
             self.llm.eval()
@@ -107,6 +108,17 @@ class SpeechLM(SpeechDecoding, nn.Module):
         if self.encoder is not None:
             feats = self.encoder(feats, feat_lens)
         return super().project(feats, feat_lens)
+
+    def compile_decoder(self) -> None:
+        """train.compile: forwards with gradients run the LLM's transformer body with its layers compiled by
+        Accelerate's ``compile_regions`` (the repeated decoder layer is one graph, whatever the depth), with dynamic
+        shapes (every batch has its own width and length). Its layers are shallow copies sharing the weights and
+        submodules, so call this once the LLM is set up (adapters, gradient checkpointing). Forwards without
+        gradients (validation, generation) stay eager: each of their shapes and KV caches would be one more graph
+        to compile, for a few hundred utterances."""
+        from accelerate.utils import compile_regions
+
+        self.compiled_body = compile_regions(self.llm.get_decoder(), dynamic=True).forward
 
     @property
     def aux_losses(self) -> dict[str, torch.Tensor]:
@@ -141,7 +153,9 @@ class SpeechLM(SpeechDecoding, nn.Module):
             self.ctc = self.ctc_loss(audio, n_out, batch["labels"])
         embeds = self.splice(batch["input_ids"], audio, n_out)
         # get_decoder(): the transformer body without the LM head (reached through a PEFT wrapper too)
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+        body = self.compiled_body if self.compiled_body is not None and torch.is_grad_enabled() else self.llm.get_decoder()
+        # use_cache=False: a training forward has no use for a KV cache (the config's default builds one)
+        hidden = body(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         targets = batch["labels"][:, 1:]
         at = targets != IGNORE  # (B, L-1): hidden state t predicts token t+1
         head = self.llm.get_output_embeddings()

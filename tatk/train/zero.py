@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
+from tatk.errors import UserError
+
 
 def deepspeed_stage(accelerator) -> int | None:
     """The ZeRO stage (0-3) when Accelerate runs DeepSpeed, else None (DDP or one process)."""
@@ -33,6 +35,8 @@ def deepspeed_stage(accelerator) -> int | None:
 
 def configure(accelerator, recipe) -> None:
     """Write the recipe's accumulation and clipping into the DeepSpeed config; call before ``prepare``."""
+    if recipe.train.compile:  # never tried: ZeRO-3's hooks gather each layer's weights inside the compiled layers
+        raise UserError("train.compile: not under DeepSpeed; train with DDP (`accelerate launch --multi_gpu`) or without it")
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = 1  # one token-budget batch; its row count varies
     ds["gradient_accumulation_steps"] = recipe.train.grad_accum
