@@ -130,26 +130,30 @@ def test_greedy_generate_returns_text(tiny):
     assert len(out) == 3 and all(isinstance(t, str) for t in out)
 
 
-def test_compiled_training_forward_matches_eager_and_decoding_stays_eager(tiny):
-    """train.compile: a forward with gradients runs the LLM body through torch.compile and gives eager's loss and
-    gradients; forwards without gradients (validation, generation) compile nothing; the weights keep their names."""
+@pytest.mark.parametrize("decoder", ["frozen", "lora"])
+def test_compiled_training_forward_matches_eager_and_decoding_stays_eager(tiny, recipe_path, decoder):
+    """train.compile: a forward with gradients runs the LLM's layers compiled and gives eager's loss and gradients
+    (projector; with LoRA, the adapters too); forwards without gradients (validation, generation) compile nothing;
+    the weights keep their names."""
     from torch._dynamo.utils import counters
 
     model, batch = tiny
+    if decoder == "lora":
+        model = build_model(load_recipe(recipe_path, ["model.decoder=lora", "lora.dropout=0"]), None, torch.float32)  # no random masks
     names = list(model.state_dict())
 
     def loss_and_grads():
-        model.projector.zero_grad()
+        model.zero_grad()
         loss = model(batch)
         loss.backward()
-        return loss.item(), torch.cat([p.grad.flatten() for p in model.projector.parameters()])
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
     eager = loss_and_grads()
     graphs = counters["stats"]["unique_graphs"]
     model.compile_decoder()
     try:
         compiled = loss_and_grads()
-        assert counters["stats"]["unique_graphs"] > graphs  # the compiled body ran
+        assert counters["stats"]["unique_graphs"] > graphs  # the compiled layers ran
         graphs = counters["stats"]["unique_graphs"]
         with torch.no_grad():
             model(batch)
@@ -158,6 +162,6 @@ def test_compiled_training_forward_matches_eager_and_decoding_stays_eager(tiny):
         assert list(model.state_dict()) == names
     finally:
         model.compiled_body = None
-        model.projector.zero_grad()
+        model.zero_grad()
     assert compiled[0] == pytest.approx(eager[0], rel=1e-5) and eager[0] > 0
     assert torch.allclose(compiled[1], eager[1], rtol=1e-4, atol=1e-6) and eager[1].abs().sum() > 0
