@@ -138,8 +138,8 @@ def test_compiled_training_forward_matches_eager_and_decoding_stays_eager(tiny, 
     from torch._dynamo.utils import counters
 
     model, batch = tiny
-    if decoder == "lora":
-        model = build_model(load_recipe(recipe_path, ["model.decoder=lora", "lora.dropout=0"]), None, torch.float32)  # no random masks
+    if decoder == "lora":  # without dropout: no random masks between the two forwards
+        model = build_model(load_recipe(recipe_path, ["model.decoder=lora", "lora.dropout=0"]), None, torch.float32)
     names = list(model.state_dict())
 
     def loss_and_grads():

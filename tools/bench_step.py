@@ -4,8 +4,9 @@ Run after `bash tools/demo.sh` (it reads recipes/demo.toml, the demo's shards an
 (fp32 or bf16 autocast × the LLM's attention as sdpa or eager, `train.attention`; and bf16 + eager with the
 decoder layers compiled, `train.compile`) trains the same model from the same weights on the same batches;
 the variants alternate, and each one's best pass is reported, so a machine's drift touches all alike (the
-compiled variant's first pass also compiles: its time is printed). The batches are the stream's first, read without the recipe's
-short-clips-first curriculum (clips of every length, as most of a run sees). Prints a markdown table.
+compiled variant's first pass also compiles: its time is printed). The batches are the stream's first, read
+without the recipe's short-clips-first curriculum (clips of every length, as most of a run sees). Prints a
+markdown table.
 
     python tools/bench_step.py [--steps 40] [--set key=value ...]
 """
