@@ -25,10 +25,10 @@ EXPECTED = {1: 6.230613708496094, 40: 6.054662704467773}
 
 
 def tatk_train(recipe: Path, *args: str, wait: bool = True, env: dict | None = None):
-    cmd = [sys.executable, "tatk", "train", str(recipe), *args]
+    cmd, env = [sys.executable, "tatk", "train", str(recipe), *args], {**ENV, **(env or {})}
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    done = subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
