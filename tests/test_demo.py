@@ -274,3 +274,26 @@ def test_bpe_tokenizer_learns_whole_words_and_the_prompt_text():
                       ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"]]
     plain = build_layout(train_tokenizer(texts, vocab_size=2000), "Transcribe: ")  # the prompt's words not learnt
     assert len(plain.prefix) + len(plain.suffix) >= len(layout.prefix) + len(layout.suffix) + 10  # 29 vs 15 here
+
+
+def test_base_decoder_is_prompted_with_plain_text(tmp_path):
+    """The demo's decoder is a base LM (`tinyllm --no-chat-template`): the same tokenizer and weights as the chat
+    one, and a 4-token plain prompt, "Transcribe: " + audio + newline, whose reply ends with the tokenizer's EOS."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from tatk.synthetic.sentences import make_splits
+    from tatk.synthetic.tinyllm import build_tiny_llm
+    from tatk.train.speechlm import build_layout
+
+    texts = [t.lower() for t in make_splits(300, 0, 0, seed=1)["train"]]
+    kw = dict(texts=texts, hidden=32, layers=1, bpe_vocab=2000, prompt_words=True)
+    chat, base = build_tiny_llm(tmp_path / "chat", **kw), build_tiny_llm(tmp_path / "base", chat=False, **kw)
+    tok = AutoTokenizer.from_pretrained(base)
+    assert not tok.chat_template and AutoTokenizer.from_pretrained(chat).chat_template
+    assert (base / "tokenizer.json").read_bytes() == (chat / "tokenizer.json").read_bytes()
+    weights = load_file(base / "model.safetensors"), load_file(chat / "model.safetensors")
+    assert weights[0].keys() == weights[1].keys() and all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+    layout = build_layout(tok, "Transcribe: ")
+    assert [tok.convert_ids_to_tokens(ids) for ids in (layout.prefix, layout.suffix)] == [["Transcribe", ":", "Ġ"], ["Ċ"]]
+    assert layout.end_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")

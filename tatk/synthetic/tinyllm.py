@@ -81,9 +81,13 @@ def train_tokenizer(texts: list[str], vocab_size: int = 600, kind: str = "bpe",
 
 def build_tiny_llm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 0,
                    texts: list[str] | None = None, tokenizer: str = "bpe", bpe_vocab: int = 600,
-                   prompt_words: bool = False) -> Path:
+                   prompt_words: bool = False, chat: bool = True) -> Path:
     """Save a seeded random Qwen3 causal LM (``layers`` × ``hidden``, 4 heads) and its tokenizer to
     ``out_dir``; return the folder.
+
+    ``chat=False`` saves a base LM (no chat template, as a pretrained base checkpoint): tatk then prompts it with
+    plain text, ``Transcribe: `` + audio + a newline, 4 tokens with ``prompt_words`` instead of the chat turn's 15.
+    The tokenizer and the weights are the same either way.
 
     The tokenizer (``tokenizer``: ``"bpe"`` with ``bpe_vocab`` tokens and ``prompt_words``, or ``"char"``;
     see ``train_tokenizer``) is trained on ``texts`` (default: sentences of ``WORDS``), e.g. a corpus's transcripts.
@@ -94,6 +98,8 @@ def build_tiny_llm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers:
     out = Path(out_dir)
     texts = texts or [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
     tok = train_tokenizer(texts, bpe_vocab, tokenizer, prompt_words)
+    if not chat:
+        tok.chat_template = None
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=vocab_size or len(tok) + 11, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -163,6 +169,8 @@ if __name__ == "__main__":
     parser.add_argument("--bpe-vocab", type=int, default=600, help="BPE vocabulary size (--tokenizer bpe)")
     parser.add_argument("--prompt-words", action="store_true",
                         help="BPE also learns the chat prompt's words as tokens (--tokenizer bpe)")
+    parser.add_argument("--no-chat-template", dest="chat", action="store_false",
+                        help="save a base LM: plain-text prompts, 4 tokens instead of the chat turn's 15")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     texts = None
@@ -171,6 +179,6 @@ if __name__ == "__main__":
 
         texts = [t.lower() for f in sorted(args.corpus.rglob("*train*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
     out = build_tiny_llm(args.out_dir, seed=args.seed, hidden=args.hidden, layers=args.layers, texts=texts,
-                         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab, prompt_words=args.prompt_words)
+                         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab, prompt_words=args.prompt_words, chat=args.chat)
     n = sum(p.numel() for p in Qwen3ForCausalLM.from_pretrained(out).parameters())
     print(f"{out}: {n / 1e6:.2f}M parameters, {args.tokenizer} tokenizer")

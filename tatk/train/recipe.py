@@ -38,7 +38,7 @@ class FeaturesConfig:
 @dataclass
 class ModelConfig:
     llm: str = "Qwen/Qwen3-0.6B"  #: causal LM: Hub id or local folder
-    prompt: str = "Transcribe: "  #: user-turn text placed before the audio in the LLM's chat template
+    prompt: str = "Transcribe: "  #: user-turn text placed before the audio in the LLM's chat template (an LLM without one: plain text, then the audio and a newline)
     decoder: str = "frozen"  #: frozen (stage 1) | lora (adapters from [lora]) | full (every LLM weight trained)
     encoder: str = "frozen"  #: frozen | lora (adapters from [encoder_lora]; needs data.content = "audio")
     init_from: str = ""  #: checkpoint folder of an earlier stage whose trained weights are loaded first
