@@ -8,7 +8,10 @@ compiled variant's first pass also compiles: its time is printed). The batches a
 without the recipe's short-clips-first curriculum (clips of every length, as most of a run sees). Prints a
 markdown table.
 
-    python tools/bench_step.py [--steps 40] [--set key=value ...]
+    python tools/bench_step.py [--steps 40] [--set key=value ...] [--profile]
+
+``--profile`` adds one more pass of bf16 + eager compiled (the demo recipe's step) under torch.profiler and prints
+its operators by their own CPU time: where a step's time goes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/demo.toml")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], help="recipe override, as for tatk train")
+    ap.add_argument("--profile", action="store_true", help="profile one more pass of bf16 + eager compiled")
     args = ap.parse_args()
     overrides = ["data.short_first_epochs=0", "data.short_first_seconds=0", *args.set]
     recipes = {a: load_recipe(args.recipe, [*overrides, f"train.attention={a}"]) for a in ATTENTIONS}
@@ -87,6 +91,13 @@ def main() -> None:
     compiled = ("bf16", "eager", True)
     print(f"\ncompiled: the first pass took {args.steps * (first[compiled] - best[compiled]):.0f} s more than the best "
           f"(compiling); step time vs bf16 + eager: {best[compiled] / best['bf16', 'eager', False]:.2f}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = run("eager", True, True)
+        print(f"\nbf16 + eager compiled, profiled: {1000 * t:.0f} ms/step (the profiler's own cost included)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 if __name__ == "__main__":
