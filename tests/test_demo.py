@@ -277,8 +277,8 @@ def test_bpe_tokenizer_learns_whole_words_and_the_prompt_text():
 
 
 def test_base_decoder_is_prompted_with_plain_text(tmp_path):
-    """The demo's decoder is a base LM (`tinyllm --no-chat-template`): the same tokenizer and weights as the chat
-    one, and a 4-token plain prompt, "Transcribe: " + audio + newline, whose reply ends with the tokenizer's EOS."""
+    """A base LM (`tinyllm --no-chat-template`, tried for the demo: docs/main-job.md) has the same tokenizer and weights
+    as the chat one, and a 4-token plain prompt, "Transcribe: " + audio + newline, whose reply ends with its EOS."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
