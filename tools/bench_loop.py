@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]  # the recipe's relative paths are the repository's (as for tatk train)
+
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """``name=key=value key=value ...`` → (name, ["key=value", ...]); ``name=`` is the recipe as it is."""
@@ -39,7 +41,7 @@ def train(recipe: str, name: str, overrides: list[str], steps: int, out: Path) -
     with tempfile.TemporaryDirectory() as cache:  # every run compiles from scratch, as a fresh clone does
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
         start = time.perf_counter()
-        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{name}: tatk train failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
+    if len(variants) < len(args.variant):
+        raise SystemExit("--variant: two variants share a name; give each its own")
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.rounds):
