@@ -162,6 +162,22 @@ def test_noise_is_added_at_the_requested_snr():
     assert not np.allclose(add_noise(x, 15.0, 0), add_noise(x, 15.0, 1))
 
 
+def test_noise_is_white_noise_through_a_circular_one_pole_low_pass():
+    """add_noise filters in the time domain; the filter's definition, (1 - a) / (1 - a z^-1) applied circularly,
+    is a product in the frequency domain: the same noise, to float32 rounding."""
+    from tatk.synthetic.voices import add_noise
+
+    x, _ = synthesize("THE OLD SAILOR PAINTED SEVEN RED BOATS")  # a length with a large prime factor, as most clips
+    for seed in range(4):
+        g = np.random.default_rng(seed)
+        white, a = g.standard_normal(len(x)), g.uniform(0.0, 0.95)
+        z = np.exp(-2j * np.pi * np.fft.rfftfreq(len(x)))
+        noise = np.fft.irfft(np.fft.rfft(white) * (1 - a) / (1 - a * z), n=len(x))
+        speech = x[np.abs(x) > 0.01 * np.abs(x).max()]
+        expected = x + noise * np.sqrt(np.mean(speech**2) / (np.mean(noise**2) * 10 ** 1.5))
+        np.testing.assert_allclose(add_noise(x, 15.0, seed), expected, rtol=0, atol=1e-6)
+
+
 def test_synth_corpus_held_out_splits(tmp_path):
     import pyarrow.parquet as pq
 

@@ -14,6 +14,9 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+# Imported with the module (~0.7 s), not in add_noise: write_corpus renders each chunk in a fresh process forked from
+# a server that has imported this module, and an import there would be paid again for every chunk.
+from scipy.signal import lfilter
 
 # Accents in the bundled data (lang/gmw/*) and the voice variants (voices/!v/*) with their sex.
 VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc", "en-029"]
@@ -141,9 +144,12 @@ def add_noise(x: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
     g = np.random.default_rng(seed)
     noise = g.standard_normal(len(x))
     a = g.uniform(0.0, 0.95)  # 0: white; near 1: mostly low frequencies
-    # The filter (1 - a) / (1 - a z^-1) applied in the frequency domain (circularly: it is noise anyway).
-    w = np.exp(-2j * np.pi * np.fft.rfftfreq(len(x)))
-    noise = np.fft.irfft(np.fft.rfft(noise) * (1 - a) / (1 - a * w), n=len(x))
+    # The filter (1 - a) / (1 - a z^-1) applied circularly (it is noise anyway): its periodic steady state, the
+    # recursion started from its own last value y[n-1] = y_lin[n-1] / (1 - a^n) (y_lin: started from rest). The
+    # same sums as filtering in the frequency domain, which took ~15 ms a clip for lengths with a large prime
+    # factor (most clips): two passes of the recursion take < 1 ms.
+    last = lfilter([1 - a], [1, -a], noise)[-1] / (1 - a ** len(x))
+    noise = lfilter([1 - a], [1, -a], noise, zi=[a * last])[0]
     speech = x[np.abs(x) > 0.01 * np.abs(x).max()] if np.abs(x).max() > 0 else x
     p_speech, p_noise = float(np.mean(speech**2)), float(np.mean(noise**2))
     return (x + noise * np.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))).astype(np.float32)
