@@ -1,12 +1,12 @@
 """Benchmark (not a test): whole training runs of recipe variants, side by side.
 
 Where tools/bench_step.py times the step alone, this times what `tatk train` pays: start-up, compiling, the data
-stream, the step, the optimizer, logging. Each variant is a set of `--set` overrides on the recipe (`section.key=value`)
-and of environment variables for its process (`NAME=value`, a name in capitals: an allocator through `LD_PRELOAD`,
-OpenMP settings); every variant trains `--steps` steps from scratch as its own `accelerate launch tatk train`, the variants alternating, `--rounds`
-times, each with an empty inductor cache (as a fresh clone compiles). Run after `bash tools/demo.sh`. Prints a
-markdown table: wall time of each run, and utterances/s over the logged windows after `--skip` steps (compiling
-and warm-up), from each run's metrics.jsonl.
+stream, the step, the optimizer, logging. Each variant is a set of `--set` overrides on the recipe
+(`section.key=value`) and of environment variables for its process (`NAME=value`, a name in capitals: an allocator
+through `LD_PRELOAD`, OpenMP or inductor settings); every variant trains `--steps` steps from scratch as its own
+`accelerate launch tatk train`, the variants alternating, `--rounds` times, each with an empty inductor cache (as a
+fresh clone compiles). Run after `bash tools/demo.sh`. Prints a markdown table: wall time of each run, and
+utterances/s over the logged windows after `--skip` steps (compiling and warm-up), from each run's metrics.jsonl.
 
     python tools/bench_loop.py --variant "chat=" --variant "plain=model.llm=runs/demo/llm-plain data.max_tokens=1664"
     python tools/bench_loop.py --variant "glibc=" --variant "jemalloc=LD_PRELOAD=libjemalloc.so.2"
