@@ -71,7 +71,8 @@ def rate(metrics: Path, skip: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/demo.toml")
-    ap.add_argument("--variant", action="append", required=True, help="name=key=value NAME=value ... (recipe overrides, environment)")
+    ap.add_argument("--variant", action="append", required=True,
+                    help="name=key=value NAME=value ... (recipe overrides, environment)")
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--skip", type=int, default=200, help="steps left out of utterances/s (compiling, warm-up)")
     ap.add_argument("--rounds", type=int, default=2)
