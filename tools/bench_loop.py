@@ -52,9 +52,9 @@ def train(recipe: str, name: str, overrides: list[str], env: dict[str, str], ste
     cmd = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "tatk", "train", recipe] + [a for s in sets for a in ("--set", s)]
     with tempfile.TemporaryDirectory() as cache:  # every run compiles from scratch, as a fresh clone does
-        env = {**os.environ, **env, "TORCHINDUCTOR_CACHE_DIR": cache}
+        environment = {**os.environ, **env, "TORCHINDUCTOR_CACHE_DIR": cache}
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{name}: tatk train failed ({done.returncode}):\n{done.stderr[-2000:]}")
