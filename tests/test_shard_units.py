@@ -157,6 +157,26 @@ def test_several_splits_in_one_command_match_one_command_each(reference, loquaci
     assert {name: split["samples"] for name, split in splits.items()} == {"test": 8, "train": 40}
 
 
+def test_one_command_loads_the_encoder_once_for_all_its_splits(loquacious, tiny_encoders, tmp_path, monkeypatch):
+    """A real encoder takes seconds to minutes to load (GLM-ASR's comes out of the whole speech model): one
+    command loads it once for all its splits, and not at all when every split is done. The loader is the real
+    one, counted on its way through."""
+    from tatk.data.corpus import CorpusSpec
+    from tatk.shard import encoders
+    from tatk.shard.run import ShardConfig, run_shards
+
+    loads, load = [], encoders.load_audio_model
+    monkeypatch.setattr(encoders, "load_audio_model", lambda name, *a, **k: loads.append(name) or load(name, *a, **k))
+    encoder = str(tiny_encoders["hubert"])
+    cfg = ShardConfig(out=tmp_path, corpus=CorpusSpec(dataset=str(loquacious), subset="small"), encoder=encoder,
+                      batch_size=1, shard_size_mb=0.02, workers=0)
+    run_shards(cfg, ["test", "train"])
+    splits = json.loads((tmp_path / "manifest.json").read_text())["splits"]
+    assert loads == [encoder] and {name: split["samples"] for name, split in splits.items()} == {"test": 8, "train": 40}
+    run_shards(cfg, ["train", "test"])
+    assert loads == [encoder]
+
+
 def test_sigkill_two_processes_then_resume_with_one_process_three_workers(reference, loquacious, tiny_encoders, tmp_path):
     out = tmp_path / "out"
     args = _args(loquacious, tiny_encoders["hubert"], out, "--workers", "2")

@@ -118,9 +118,16 @@ class FrozenEncoder(AudioEncoder):
         self.info = EncoderInfo(self.kind, name, _revision(name, config), dim, rate,
                                 feature_extractor=self.extractor.to_dict())
         self._check_window()
-        if not network:
+        self._source = (name, config)
+        if network:
+            self.load_weights()
+
+    def load_weights(self) -> None:
+        """Load the network of an encoder made with ``network=False`` (nothing to do once loaded, or for ``mel``):
+        one ``tatk shard`` command loads it once for all its splits, and only if a split has work left."""
+        if self.model is not None or self.kind == "mel":
             return
-        model = load_audio_model(name, config, self.compute_dtype)
+        model = load_audio_model(*self._source, self.compute_dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
 

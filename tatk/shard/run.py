@@ -157,24 +157,36 @@ def _open(cfg: ShardConfig) -> tuple[Path, UnitBook, Corpus]:
     return out, book, Corpus(cfg.corpus, cfg.max_samples, book.pinned_revision())
 
 
-def run_shard(cfg: ShardConfig, opened: tuple[Path, UnitBook, Corpus] | None = None) -> dict:
-    """Shard one split of a corpus (``opened``: its ``_open(cfg)``, when already done); returns timing figures
-    (``wall_s``, ``forward_s``, ``audio_s``) and what this process did (``units``, ``read_bytes``)."""
+def _state():
+    """This process's place among those launched together."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
+
+    # Accelerator reads ACCELERATE_USE_CPU itself; PartialState must be told, or CPU processes
+    # launched together would each think they are alone. It only picks this process's device: the
+    # processes never wait on each other (no collective calls).
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _encoder(cfg: ShardConfig) -> FrozenEncoder:
+    """The encoder's config and preprocessing, weights not loaded yet: fails now on a wrong encoder id, and a
+    refused resume or a finished folder never loads the weights (storing audio never needs them)."""
+    return FrozenEncoder(cfg.encoder, _state().device, cfg.dtype, network=False, window=cfg.window)
+
+
+def run_shard(cfg: ShardConfig, opened: tuple[Path, UnitBook, Corpus] | None = None,
+              encoder: FrozenEncoder | None = None) -> dict:
+    """Shard one split of a corpus (``opened``: its ``_open(cfg)``, ``encoder``: its ``_encoder(cfg)``, when
+    already done); returns timing figures (``wall_s``, ``forward_s``, ``audio_s``) and what this process did
+    (``units``, ``read_bytes``)."""
     from rich.console import Console
 
     from tatk.shard.progress import print_summary
 
     out, book, corpus = opened or _open(cfg)
-    # Accelerator reads ACCELERATE_USE_CPU itself; PartialState must be told, or CPU processes
-    # launched together would each think they are alone. It only picks this process's device: the
-    # processes never wait on each other (no collective calls).
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _state()
     console = Console(stderr=True)
-    # Fails now on a wrong encoder id. Config and preprocessing come first, so that a refused resume
-    # or a finished folder never loads the weights (storing audio never needs them).
-    encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, network=False, window=cfg.window)
+    encoder = encoder or _encoder(cfg)
     check_content(out, read_manifest(out) if (out / "manifest.json").exists() else {}, cfg.store)
     book.agree(_options(cfg, encoder), [dict(path=u.path, first=u.first, rows=u.rows) for u in corpus.units])
     todo = _todo(out, book, corpus)
@@ -184,7 +196,7 @@ def run_shard(cfg: ShardConfig, opened: tuple[Path, UnitBook, Corpus] | None = N
     timing = dict(forward_s=0.0, audio_s=0.0)
     if todo:
         if cfg.store == "features":
-            encoder = FrozenEncoder(cfg.encoder, state.device, cfg.dtype, window=cfg.window)
+            encoder.load_weights()
         # A total (and an ETA) only when this process will do every unit left (with several, who does what
         # is decided as they go) and the units' rows are known without opening their files.
         total = corpus.count(cfg.max_samples, todo, footers=False) if state.num_processes == 1 else None
@@ -206,13 +218,15 @@ def run_shard(cfg: ShardConfig, opened: tuple[Path, UnitBook, Corpus] | None = N
 
 
 def run_shards(cfg: ShardConfig, splits: list[str]) -> list[dict]:
-    """``run_shard`` for each split in turn, in this one process (one start-up instead of one per split).
-    Every split is listed first, so a split the corpus lacks fails before any is sharded."""
+    """``run_shard`` for each split in turn, in this one process: one start-up and one encoder (its weights loaded
+    at most once) instead of one per split. Every split is listed first, so a split the corpus lacks fails before
+    any is sharded."""
     if not splits or len(set(splits)) < len(splits):
         raise UserError(f"--split: expected distinct split names, got {', '.join(splits) or 'none'}")
     configs = [replace(cfg, corpus=replace(cfg.corpus, split=split)) for split in splits]
     opened = [_open(one) for one in configs]
-    return [run_shard(one, split_opened) for one, split_opened in zip(configs, opened)]
+    encoder = _encoder(cfg)
+    return [run_shard(one, split_opened, encoder) for one, split_opened in zip(configs, opened)]
 
 
 class _Sink:
