@@ -16,9 +16,10 @@ fi
 . .venv/bin/activate
 stamp=.venv/.tatk-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    # uv (Astral's installer) installs what follows torch: the same versions as pip resolves, in 9 s instead of
-    # 50 on this project's 2-core machine (docs/main-job.md). torch itself stays with pip, which reads the
-    # machine's pip configuration (a local CPU wheel, a version cap); uv would not.
+    # uv (Astral's installer) installs what follows torch: the same versions as pip resolves, in less time on this
+    # project's 2-core machine (docs/main-job.md). torch itself stays with pip, which reads the machine's pip
+    # configuration (a local CPU wheel, a version cap); uv would not. --compile-bytecode, as pip does by default:
+    # where PYTHONDONTWRITEBYTECODE is set (this machine class), every process would compile what it imports.
     python -m pip install -q --upgrade pip setuptools uv
     if ! python -c "import torch" 2>/dev/null; then
         # Install torch on its own first: on a machine without a GPU the CPU build keeps the
@@ -34,8 +35,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         # DeepSpeed ships as an sdist whose setup.py imports torch: build it against the torch installed
         # above (an isolated build would fetch its own, possibly multi-GB CUDA, torch). No CUDA ops are
         # compiled ahead of time; ZeRO on CPU (the tests) and on GPU builds what it needs at run time.
-        uv pip install -q --no-build-isolation "deepspeed>=0.15"
+        uv pip install -q --compile-bytecode --no-build-isolation "deepspeed>=0.15"
     fi
-    uv pip install -q -e ".[dev]"
+    uv pip install -q --compile-bytecode -e ".[dev]"
     touch "$stamp"
 fi
