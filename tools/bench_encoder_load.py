@@ -37,21 +37,27 @@ print(json.dumps({"wall": wall, "peak": peak, "parameters": sum(p.numel() for p 
 
 
 def build(folder: Path) -> None:
-    """GLM-ASR-Nano-2512's shape, random weights, bf16, as ``save_pretrained`` writes it (no tatk code involved)."""
+    """GLM-ASR-Nano-2512's shape, random weights, bf16, as ``save_pretrained`` writes it (no tatk code involved),
+    written beside ``folder`` and renamed into place when complete: an interrupted build is redone, not used."""
+    import shutil
+
     import torch
     from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, WhisperFeatureExtractor
 
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    GlmAsrForConditionalGeneration(GlmAsrConfig()).save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=128).save_pretrained(folder)
+    GlmAsrForConditionalGeneration(GlmAsrConfig()).save_pretrained(partial)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(partial)
+    partial.rename(folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", type=Path, default=Path("models/glmasr-nano-asr"))
     args = parser.parse_args()
-    if not (args.folder / "config.json").exists():
+    if not args.folder.exists():
         build(args.folder)
     print(f"{platform.processor() or platform.machine()}, torch in fresh processes; {args.folder}\n")
     print("| dtype | way | wall s | peak resident GB | encoder parameters |\n|---|---|---|---|---|")
