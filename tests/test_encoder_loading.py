@@ -4,14 +4,17 @@ in the checkpoint is never materialised (GLM-ASR-Nano's is 1.5 B of its 2.1 B pa
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoConfig, GlmAsrConfig, GlmAsrForConditionalGeneration
 
+from tatk.errors import UserError
 from tatk.model.encoder import load_audio_model
 
 ENCODER_PREFIX = {"glmasr": "audio_tower.", "whisper": "model.encoder."}  # as save_pretrained names them
@@ -30,8 +33,21 @@ def test_the_encoder_gets_exactly_the_checkpoints_encoder_tensors(kind, tiny_enc
         torch.testing.assert_close(state[name], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["glmasr", "whisper"])
+def test_a_checkpoint_lacking_encoder_weights_is_refused_by_name(kind, tiny_encoders, tmp_path):
+    """Without one of its encoder's tensors a checkpoint would encode with a random layer: refused, the tensor named
+    (after the whole model's loader, with transformers' own name mappings, found it missing too)."""
+    folder, prefix = shutil.copytree(tiny_encoders[kind], tmp_path / kind), ENCODER_PREFIX[kind]
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != prefix + "conv1.weight"}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"no weights for 1 of its encoder's tensors \((model\.audio_tower|encoder)\.conv1\.weight\)"):
+        load_audio_model(str(folder), AutoConfig.from_pretrained(folder), torch.float32)
+
+
 PEAK = """import json, re, sys, torch
 from transformers import AutoConfig, GlmAsrForConditionalGeneration
+from tatk.errors import UserError
 from tatk.model.encoder import load_audio_model
 path, way = sys.argv[1:]
 if way == "tatk":

@@ -86,25 +86,35 @@ def encoder_of(name: str, config, load: dict) -> torch.nn.Module:
     """The encoder of a GLM-ASR or Whisper checkpoint, built alone and given the checkpoint's ``audio_tower.*`` /
     ``encoder.*`` tensors. The rest is never materialised: GLM-ASR-Nano's LLM is 1.5 B of its 2.1 B parameters,
     and loading the whole model in fp32 to keep its encoder peaked at 13.2 GB against 4.2 (docs/real-sizes.md).
-    A checkpoint whose encoder tensors are named otherwise loads whole, through transformers' own name mappings."""
+    A checkpoint whose encoder tensors are named otherwise loads whole, through transformers' own name mappings;
+    one that lacks some of them is refused (UserError) rather than encoded with random weights."""
     from transformers import GlmAsrEncoder, GlmAsrForConditionalGeneration, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     from transformers.utils import logging
 
+    from tatk.errors import UserError
+
+    # the encoder's class and config, its checkpoint prefix, the whole model and the encoder's place in it
     if config.model_type == "glmasr":
         cls, part, prefix = GlmAsrEncoder, config.audio_config, "audio_tower"
-        whole = lambda: GlmAsrForConditionalGeneration.from_pretrained(name, config=config, **load).model.audio_tower  # noqa: E731
+        whole, path = GlmAsrForConditionalGeneration, "model.audio_tower"
     else:
-        cls, part, prefix = WhisperEncoder, config, "encoder"
-        whole = lambda: WhisperModel.from_pretrained(name, config=config, **load).encoder  # noqa: E731
+        cls, part, prefix, whole, path = WhisperEncoder, config, "encoder", WhisperModel, "encoder"
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # every LLM / decoder tensor is "unexpected" here: a table of them helps no one
     try:
         model, info = cls.from_pretrained(name, config=part, key_mapping={rf"^(?:model\.)?{prefix}\.": ""},
                                           output_loading_info=True, **load)
+        if not info["missing_keys"]:
+            return model
+        model, info = whole.from_pretrained(name, config=config, output_loading_info=True, **load)
     finally:
         logging.set_verbosity(verbosity)
-    return whole() if info["missing_keys"] else model
+    missing = sorted(k for k in info["missing_keys"] if k.startswith(path + "."))
+    if missing:
+        raise UserError(f"{name}: the checkpoint has no weights for {len(missing)} of its encoder's tensors "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return model.get_submodule(path)
 
 
 def audio_model_from_config(config: dict) -> torch.nn.Module:
