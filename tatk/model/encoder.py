@@ -66,6 +66,10 @@ def conv_layers(config) -> list[tuple[int, int]]:
     return list(zip(config.conv_kernel, config.conv_stride))
 
 
+class MissingEncoderWeights(ValueError):
+    """A checkpoint lacks some of its encoder's tensors (tatk's commands report it as one line)."""
+
+
 def load_audio_model(name: str, config, dtype: torch.dtype, **hub_kwargs) -> torch.nn.Module:
     """The encoder network of checkpoint ``name`` (its ``config`` already loaded). From a composite speech-to-text
     checkpoint (GLM-ASR, Whisper) only the encoder's own tensors are loaded (``encoder_of``)."""
@@ -87,12 +91,10 @@ def encoder_of(name: str, config, load: dict) -> torch.nn.Module:
     ``encoder.*`` tensors. The rest is never materialised: GLM-ASR-Nano's LLM is 1.5 B of its 2.1 B parameters,
     and loading the whole model in fp32 to keep its encoder peaked at 13.2 GB against 4.2 (docs/real-sizes.md).
     A checkpoint whose encoder tensors are named otherwise loads whole, through transformers' own name mappings;
-    one that lacks some of them is refused (UserError) rather than encoded with random weights."""
+    one that lacks some of them is refused (MissingEncoderWeights) rather than encoded with random weights."""
     from transformers import GlmAsrEncoder, GlmAsrForConditionalGeneration, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     from transformers.utils import logging
-
-    from tatk.errors import UserError
 
     # the encoder's class and config, its checkpoint prefix, the whole model and the encoder's place in it
     if config.model_type == "glmasr":
@@ -112,7 +114,7 @@ def encoder_of(name: str, config, load: dict) -> torch.nn.Module:
         logging.set_verbosity(verbosity)
     missing = sorted(k for k in info["missing_keys"] if k.startswith(path + "."))
     if missing:
-        raise UserError(f"{name}: the checkpoint has no weights for {len(missing)} of its encoder's tensors "
+        raise MissingEncoderWeights(f"{name}: the checkpoint has no weights for {len(missing)} of its encoder's tensors "
                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     return model.get_submodule(path)
 

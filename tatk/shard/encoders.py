@@ -24,6 +24,7 @@ from tatk.model.encoder import (
     MODEL_TYPES,
     WAVEFORM_TYPES,
     AudioEncoder,
+    MissingEncoderWeights,
     conv_layers,
     encoder_kind,
     load_audio_model,
@@ -127,7 +128,10 @@ class FrozenEncoder(AudioEncoder):
         one ``tatk shard`` command loads it once for all its splits, and only if a split has work left."""
         if self.model is not None or self.kind == "mel":
             return
-        model = load_audio_model(*self._source, self.compute_dtype)
+        try:
+            model = load_audio_model(*self._source, self.compute_dtype)
+        except MissingEncoderWeights as e:
+            raise UserError(str(e)) from None
         self.model = model.to(self.device).eval().requires_grad_(False)
 
 
