@@ -114,8 +114,9 @@ def encoder_of(name: str, config, load: dict) -> torch.nn.Module:
         logging.set_verbosity(verbosity)
     missing = sorted(k for k in info["missing_keys"] if k.startswith(path + "."))
     if missing:
-        raise MissingEncoderWeights(f"{name}: the checkpoint has no weights for {len(missing)} of its encoder's tensors "
-                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise MissingEncoderWeights(f"{name}: the checkpoint has no weights for {len(missing)} of its encoder's "
+                                    f"tensors ({shown})")
     return model.get_submodule(path)
 
 
