@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -267,5 +268,14 @@ def demo(
         _fail(str(e))
 
 
+# oneDNN, PyTorch's CPU kernels for bf16 matrix products and for convolutions, compiles a kernel for every
+# shape it meets and keeps the last 1,024. A training stream's batches come in many widths and lengths, so
+# a CPU run outgrows that cache within a few hundred steps and then compiles kernels again at every step: the
+# main job's bf16 steps took 1.5x as long from step ~500 on (docs/main-job.md). Same kernels, same sums; read
+# by oneDNN when it makes its first kernel, so set here, before any verb runs. A value set by the user stays.
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
 def main() -> None:
+    os.environ.setdefault(ONEDNN_CACHE, "65536")
     app()
